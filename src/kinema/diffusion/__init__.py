@@ -1,0 +1,20 @@
+"""Continuous-time diffusion: schedules, parameterizations, losses, samplers and guidance."""
+
+from .guidance import ClassifierFreeGuidance, Conditioned, Thresholded, dynamic_threshold, static_threshold
+from .losses import diffusion_loss, sample_times
+from .parameterization import Denoiser, loss_weight, noise_level, x_from_output
+from .samplers import ancestral_step, ddim_step, langevin_step, sample_ancestral, sample_ddim, time_grid
+from .schedules import (
+    CosineSchedule,
+    DDPMLinearSchedule,
+    InterpolatedCosineSchedule,
+    Schedule,
+    ShiftedCosineSchedule,
+)
+
+__all__ = [
+    "ClassifierFreeGuidance", "Conditioned", "Thresholded", "dynamic_threshold", "static_threshold",
+    "diffusion_loss", "sample_times", "Denoiser", "loss_weight", "noise_level", "x_from_output",
+    "ancestral_step", "ddim_step", "langevin_step", "sample_ancestral", "sample_ddim", "time_grid",
+    "CosineSchedule", "DDPMLinearSchedule", "InterpolatedCosineSchedule", "Schedule", "ShiftedCosineSchedule",
+]

@@ -1,0 +1,219 @@
+"""Samplers: pure functions over a denoiser `denoise(z, t) -> x̂` (spec A2, A4).
+
+A sampler knows the schedule (to turn times into α, σ, λ) and nothing else: no network, no
+conditioning. Conditioning and guidance are wrappers that produce another denoiser
+(`kinema.diffusion.guidance`). `t` passed to the denoiser is a tensor of shape (B,).
+
+Times run over a grid 1 = t_0 > t_1 > … > t_N = 0. The step into s = 0 returns x̂ itself.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .parameterization import eps_from_x
+from .schedules import Schedule
+
+__all__ = [
+    "time_grid",
+    "ddim_step",
+    "ancestral_step",
+    "langevin_step",
+    "sample_ddim",
+    "sample_ancestral",
+    "GRIDS",
+]
+
+Denoise = Callable[[Tensor, Tensor], Tensor]
+Callback = Callable[[Dict[str, Any]], None]
+GRIDS = ("uniform", "trailing", "leading", "logsnr")
+
+
+def time_grid(steps: int, kind: str = "uniform", schedule: Optional[Schedule] = None,
+              num_train_timesteps: int = 1000) -> Tensor:
+    """A decreasing grid of `steps + 1` times ending at 0 (float64).
+
+    - "uniform": equally spaced from 1 to 0.
+    - "trailing": equally spaced from 1, snapped to a discrete training grid of
+      `num_train_timesteps` steps (diffusers' "trailing"); equals "uniform" when steps divides it.
+    - "leading": diffusers' default "leading" spacing, t = (k·⌊T/N⌋ + 1)/T for k = N-1 … 0: it
+      never starts at pure noise (a known flaw, kept for comparison with DDPM-style models).
+    - "logsnr": equally spaced in λ between λ(1) and λ(0); needs `schedule`.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1; got {steps}")
+    if kind == "uniform":
+        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    if kind in ("trailing", "leading"):
+        T = int(num_train_timesteps)
+        if steps > T:
+            raise ValueError(f"steps ({steps}) cannot exceed num_train_timesteps ({T}) for grid {kind!r}")
+        if kind == "trailing":
+            t = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)) / T
+        else:
+            t = (torch.arange(steps - 1, -1, -1, dtype=torch.float64) * (T // steps) + 1.0) / T
+        return torch.cat([t, t.new_zeros(1)])
+    if kind == "logsnr":
+        if schedule is None:
+            raise ValueError("time_grid(kind='logsnr') needs the schedule")
+        lam = torch.linspace(schedule.logsnr_min, schedule.logsnr_max, steps + 1, dtype=torch.float64)
+        t = schedule.t(lam)
+        t[0], t[-1] = 1.0, 0.0
+        return t
+    raise ValueError(f"grid must be one of {GRIDS}; got {kind!r}")
+
+
+def _check_denoised(z: Tensor, x_hat: Tensor) -> Tensor:
+    if not isinstance(x_hat, Tensor):
+        raise ValueError(f"denoise output must be a Tensor; got {type(x_hat).__name__}")
+    if x_hat.shape != z.shape or x_hat.dtype != z.dtype:
+        raise ValueError(
+            f"denoise output has shape {tuple(x_hat.shape)} and dtype {x_hat.dtype}, "
+            f"but z has shape {tuple(z.shape)} and dtype {z.dtype}; they must match"
+        )
+    return x_hat
+
+
+def _coefficients(schedule: Schedule, t: Tensor):
+    """(α, σ, λ) at a scalar time, as float64 Python-side scalars."""
+    lam = schedule.logsnr(t)
+    alpha, sigma = schedule.alpha_sigma(t)
+    return float(alpha), float(sigma), float(lam)
+
+
+def _randn_like(z: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+
+
+def ddim_step(z: Tensor, x_hat: Tensor, t: float, s: float, schedule: Schedule, eta: float = 0.0,
+              noise: Optional[Tensor] = None) -> Tensor:
+    """One DDIM step from time t to s < t (spec A4, Song et al. 2021 eq. 12).
+
+    z_s = α_s x̂ + sqrt(σ_s² - c²) ε̂ + c ε, with c = η·σ̃_{s|t} (η = 0 deterministic; η = 1 equals
+    the ancestral step with the posterior variance).
+    """
+    if s <= 0.0:
+        return x_hat
+    a_t, s_t, l_t = _coefficients(schedule, torch.tensor(t, dtype=torch.float64))
+    a_s, s_s, l_s = _coefficients(schedule, torch.tensor(s, dtype=torch.float64))
+    eps_hat = eps_from_x(x_hat, z, a_t, s_t)
+    if eta == 0.0:
+        return a_s * x_hat + s_s * eps_hat
+    c2 = eta**2 * -math.expm1(l_t - l_s) * s_s**2  # η² σ̃²_{s|t}
+    if noise is None:
+        raise ValueError("ddim_step with eta > 0 needs noise")
+    return a_s * x_hat + math.sqrt(max(s_s**2 - c2, 0.0)) * eps_hat + math.sqrt(c2) * noise
+
+
+def ancestral_step(z: Tensor, x_hat: Tensor, t: float, s: float, schedule: Schedule, gamma: float = 0.0,
+                   noise: Optional[Tensor] = None) -> Tensor:
+    """One ancestral step from t to s < t (spec A2).
+
+    z_s = μ̃_{s|t}(z_t, x̂) + sqrt((σ̃²_{s|t})^{1-γ} (σ²_{t|s})^γ) ε, where
+    μ̃ = e^{λt-λs} (α_s/α_t) z_t + (1 - e^{λt-λs}) α_s x̂, σ̃² = (1 - e^{λt-λs}) σ_s² and
+    σ²_{t|s} = (1 - e^{λt-λs}) σ_t². γ interpolates in log-variance.
+    """
+    if s <= 0.0:
+        return x_hat
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1]; got {gamma}")
+    a_t, s_t, l_t = _coefficients(schedule, torch.tensor(t, dtype=torch.float64))
+    a_s, s_s, l_s = _coefficients(schedule, torch.tensor(s, dtype=torch.float64))
+    r = math.exp(l_t - l_s)
+    mean = (r * a_s / a_t) * z + (1.0 - r) * a_s * x_hat
+    one_minus_r = -math.expm1(l_t - l_s)
+    log_var = math.log(one_minus_r) + (1.0 - gamma) * math.log(s_s**2) + gamma * math.log(s_t**2)
+    if noise is None:
+        raise ValueError("ancestral_step needs noise")
+    return mean + math.exp(0.5 * log_var) * noise
+
+
+def langevin_step(denoise: Denoise, z: Tensor, s: float, schedule: Schedule, delta: float = 0.1,
+                  noise: Optional[Tensor] = None) -> Tensor:
+    """VDM's Langevin corrector at time s (spec A2): z ← z - ½ δ σ_s ε̂(z) + sqrt(δ) σ_s ε'."""
+    if noise is None:
+        raise ValueError("langevin_step needs noise")
+    a_s, s_s, _ = _coefficients(schedule, torch.tensor(s, dtype=torch.float64))
+    x_hat = _check_denoised(z, denoise(z, _batch_time(s, z)))
+    eps_hat = eps_from_x(x_hat, z, a_s, s_s)
+    return z - 0.5 * delta * s_s * eps_hat + math.sqrt(delta) * s_s * noise
+
+
+def _batch_time(t: float, z: Tensor) -> Tensor:
+    return torch.full((z.shape[0],), t, device=z.device, dtype=torch.float32 if z.dtype != torch.float64 else z.dtype)
+
+
+def _resolve_times(steps: Optional[int], times: Optional[Tensor], grid: str, schedule: Schedule) -> Tensor:
+    if times is None:
+        return time_grid(steps if steps is not None else 50, grid, schedule)
+    times = torch.as_tensor(times, dtype=torch.float64).flatten()
+    if times.numel() < 2:
+        raise ValueError(f"times must hold at least two values; got {times.tolist()}")
+    if bool((times[1:] >= times[:-1]).any()):
+        raise ValueError(f"times must be strictly decreasing; got {times.tolist()}")
+    if float(times.min()) < 0.0 or float(times.max()) > 1.0:
+        raise ValueError(f"times must lie in [0, 1]; got {times.tolist()}")
+    return times
+
+
+def _sample(step_fn, denoise: Denoise, noise: Tensor, schedule: Schedule, times: Tensor, *,
+            generator: Optional[torch.Generator], callback: Optional[Callback], progress: bool,
+            langevin_steps: int, langevin_delta: float, description: str) -> Tensor:
+    z = noise
+    pairs = list(zip(times[:-1].tolist(), times[1:].tolist()))
+    for i, (t, s) in enumerate(tqdm(pairs, desc=description, disable=not progress, leave=False)):
+        x_hat = _check_denoised(z, denoise(z, _batch_time(t, z)))
+        z = step_fn(z, x_hat, t, s, generator)
+        if s > 0.0:
+            for _ in range(langevin_steps):
+                z = langevin_step(denoise, z, s, schedule, langevin_delta, _randn_like(z, generator))
+        if callback is not None:
+            callback({"i": i, "t": t, "s": s, "z": z, "x_hat": x_hat})
+    return z
+
+
+@torch.no_grad()
+def sample_ddim(denoise: Denoise, noise: Tensor, schedule: Schedule, steps: Optional[int] = 50, *,
+                eta: float = 0.0, grid: str = "uniform", times: Optional[Tensor] = None,
+                generator: Optional[torch.Generator] = None, callback: Optional[Callback] = None,
+                progress: bool = False, langevin_steps: int = 0, langevin_delta: float = 0.1) -> Tensor:
+    """DDIM sampling from `noise` (taken as z at the first grid time, normally t = 1).
+
+    `times` overrides `steps`/`grid` with an explicit decreasing grid. `generator` seeds every noise
+    draw (η > 0, Langevin); it must live on the device of `noise`.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be non-negative; got {eta}")
+
+    def step(z, x_hat, t, s, gen):
+        return ddim_step(z, x_hat, t, s, schedule, eta, _randn_like(z, gen) if eta > 0 and s > 0 else None)
+
+    return _sample(step, denoise, noise, schedule, _resolve_times(steps, times, grid, schedule),
+                   generator=generator, callback=callback, progress=progress,
+                   langevin_steps=langevin_steps, langevin_delta=langevin_delta, description="DDIM")
+
+
+@torch.no_grad()
+def sample_ancestral(denoise: Denoise, noise: Tensor, schedule: Schedule, steps: Optional[int] = 256, *,
+                     gamma: float = 0.1, grid: str = "uniform", times: Optional[Tensor] = None,
+                     generator: Optional[torch.Generator] = None, callback: Optional[Callback] = None,
+                     progress: bool = False, langevin_steps: int = 0, langevin_delta: float = 0.1) -> Tensor:
+    """Ancestral sampling (VDM): posterior mean plus noise with log-variance interpolation γ.
+
+    γ = 0 uses the posterior ("small") variance, γ = 1 the forward ("large") one. With
+    `langevin_steps=1` each step is followed by VDM's Langevin corrector (predictor-corrector).
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1]; got {gamma}")
+
+    def step(z, x_hat, t, s, gen):
+        return ancestral_step(z, x_hat, t, s, schedule, gamma, _randn_like(z, gen) if s > 0 else None)
+
+    return _sample(step, denoise, noise, schedule, _resolve_times(steps, times, grid, schedule),
+                   generator=generator, callback=callback, progress=progress,
+                   langevin_steps=langevin_steps, langevin_delta=langevin_delta, description="ancestral")

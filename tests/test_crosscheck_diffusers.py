@@ -1,0 +1,72 @@
+"""Cross-check against an independent implementation: diffusers' DDIM and DDPM schedulers.
+
+Both run on the same discrete linear-β schedule with prediction_type="v_prediction". The
+diffusers timestep i sits at kinema time t = (i + 1)/T; diffusers' "previous" step below 0 is clean
+data (final ᾱ = 1), which is kinema's t = 0.
+"""
+
+import pytest
+import torch
+
+from kinema.diffusion.parameterization import broadcast_like, x_from_v
+from kinema.diffusion.samplers import sample_ancestral, sample_ddim
+from kinema.diffusion.schedules import DDPMLinearSchedule
+
+diffusers = pytest.importorskip("diffusers", reason="diffusers is a test-only extra: pip install -e '.[test]'")
+
+T, N = 1000, 50
+STEP = T // N
+TIMESTEPS = [999, 499, 39, 19]  # on the "trailing" grid: the first (noisiest) step, middle ones, and the last
+
+
+def _v_denoiser(schedule, v):
+    def denoise(z, t):
+        alpha, sigma = schedule.alpha_sigma(t.double())
+        return x_from_v(v, z, broadcast_like(alpha, z).to(z.dtype), broadcast_like(sigma, z).to(z.dtype))
+
+    return denoise
+
+
+def _times(schedule, timestep):
+    t = schedule.timestep_to_t(timestep).item()
+    s = max(schedule.timestep_to_t(timestep - STEP).item(), 0.0)
+    return torch.tensor([t, s], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("timestep", TIMESTEPS)
+def test_ddim_step_matches_diffusers(timestep):
+    ref = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="linear", prediction_type="v_prediction",
+                                  clip_sample=False, set_alpha_to_one=True,
+                                  timestep_spacing="trailing")
+    ref.set_timesteps(N)
+    assert timestep in ref.timesteps.tolist()
+    g = torch.Generator().manual_seed(timestep)
+    z = torch.randn(2, 3, 2, 4, 4, generator=g)
+    v = torch.randn(z.shape, generator=g)
+    expected = ref.step(v, timestep, z, eta=0.0).prev_sample
+    schedule = DDPMLinearSchedule(1e-4, 0.02, T)
+    ours = sample_ddim(_v_denoiser(schedule, v), z, schedule, times=_times(schedule, timestep))
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("timestep", TIMESTEPS)
+def test_ddpm_step_matches_diffusers(timestep):
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", prediction_type="v_prediction",
+                                  clip_sample=False, variance_type="fixed_small",
+                                  timestep_spacing="trailing")
+    ref.set_timesteps(N)
+    assert timestep in ref.timesteps.tolist()
+    g = torch.Generator().manual_seed(100 + timestep)
+    z = torch.randn(2, 3, 2, 4, 4, generator=g)
+    v = torch.randn(z.shape, generator=g)
+    expected = ref.step(v, timestep, z, generator=torch.Generator().manual_seed(9)).prev_sample
+    schedule = DDPMLinearSchedule(1e-4, 0.02, T)
+    ours = sample_ancestral(_v_denoiser(schedule, v), z, schedule, times=_times(schedule, timestep), gamma=0.0,
+                            generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_schedule_alphas_match_diffusers():
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="linear")
+    ours = DDPMLinearSchedule(1e-4, 0.02, T).alphas_cumprod
+    torch.testing.assert_close(ours.float(), ref.alphas_cumprod, atol=1e-6, rtol=1e-5)
