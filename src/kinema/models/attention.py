@@ -1,0 +1,118 @@
+"""Spatial and temporal self-attention for factorized video networks (spec B1, A10).
+
+Activations travel through the U-Net as (B·F, C, H, W): frames folded into the batch, so that
+1×3×3 convolutions are plain 2-D convolutions and spatial attention needs no reshaping of frames.
+Temporal attention folds the spatial positions into the batch instead: (B·H·W, F, C).
+Both use `F.scaled_dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+__all__ = ["SpatialAttention", "TemporalAttention", "RelativePositionBias", "temporal_attention_mask", "group_norm"]
+
+
+def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with the largest group count ≤ max_groups that divides `channels`.
+
+    Applied to (B·F, C, H, W) it normalises each frame on its own, which keeps frames independent
+    outside temporal attention (the factorization and the joint-training mask rely on it).
+    """
+    groups = max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+def _heads(channels: int, head_dim: int) -> int:
+    if channels % head_dim:
+        raise ValueError(f"attention channels ({channels}) must be a multiple of head_dim ({head_dim})")
+    return channels // head_dim
+
+
+class SpatialAttention(nn.Module):
+    """Pre-norm multi-head self-attention over the H·W positions of each frame, with a residual."""
+
+    def __init__(self, channels: int, head_dim: int):
+        super().__init__()
+        self.heads = _heads(channels, head_dim)
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B·F, C, H, W) -> same shape."""
+        _, _, h, w = x.shape
+        q, k, v = rearrange(self.qkv(self.norm(x)), "n (three heads d) h w -> three n heads (h w) d",
+                            three=3, heads=self.heads)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return x + self.out(rearrange(y, "n heads (h w) d -> n (heads d) h w", h=h, w=w))
+
+
+class RelativePositionBias(nn.Module):
+    """A learned per-head bias over frame offsets j - i, clipped to [-max_distance, max_distance].
+
+    Only offsets matter, never absolute frame indices, so the same weights serve any frame count
+    and a clip shifted in time is processed identically. Initialised to zero (symmetric), i.e.
+    the untrained model is equivariant to reversing time; training breaks the symmetry.
+    """
+
+    def __init__(self, heads: int, max_distance: int = 32):
+        super().__init__()
+        self.max_distance = max_distance
+        self.bias = nn.Parameter(torch.zeros(heads, 2 * max_distance + 1))
+
+    def forward(self, frames: int, device) -> Tensor:
+        """Bias of shape (heads, F, F)."""
+        pos = torch.arange(frames, device=device)
+        offset = (pos[None, :] - pos[:, None]).clamp(-self.max_distance, self.max_distance) + self.max_distance
+        return self.bias[:, offset]
+
+
+def temporal_attention_mask(frame_mask: Tensor) -> Tensor:
+    """Allowed temporal attention for joint image+video training (spec A10), shape (B, F, F).
+
+    frame_mask (B, F): True for frames of the video clip, False for independent images.
+    M[i, j] = True iff both i and j are video frames, or i == j.
+    """
+    video = frame_mask.bool()
+    eye = torch.eye(frame_mask.shape[1], dtype=torch.bool, device=frame_mask.device)
+    return (video[:, :, None] & video[:, None, :]) | eye[None]
+
+
+class TemporalAttention(nn.Module):
+    """Pre-norm multi-head self-attention over frames at each spatial position, with a residual."""
+
+    def __init__(self, channels: int, head_dim: int, max_distance: int = 32):
+        super().__init__()
+        self.heads = _heads(channels, head_dim)
+        self.norm = group_norm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = nn.Linear(channels, channels)
+        self.position_bias = RelativePositionBias(self.heads, max_distance)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, frames: int, allowed: Optional[Tensor] = None) -> Tensor:
+        """x: (B·F, C, H, W); allowed: optional (B, F, F) boolean mask from `temporal_attention_mask`."""
+        n, c, h, w = x.shape
+        batch = n // frames
+        tokens = rearrange(self.norm(x), "(b f) c h w -> b (h w) f c", f=frames)
+        q, k, v = rearrange(self.qkv(tokens), "b hw f (three heads d) -> three b hw heads f d",
+                            three=3, heads=self.heads)
+        bias = self.position_bias(frames, x.device).to(q.dtype)  # (heads, F, F)
+        if allowed is None:
+            mask = bias[None, None]  # broadcast over batch and positions
+        else:
+            blocked = torch.zeros(allowed.shape, dtype=q.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
+            mask = (bias[None] + blocked[:, None])[:, None]  # (B, 1, heads, F, F)
+        y = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
+                                           attn_mask=mask.expand(batch, h * w, -1, -1, -1).flatten(0, 1))
+        y = rearrange(y, "(b hw) heads f d -> b hw f (heads d)", b=batch)
+        return x + rearrange(self.out(y), "b (h w) f c -> (b f) c h w", h=h, w=w)

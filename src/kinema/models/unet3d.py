@@ -1,0 +1,253 @@
+"""The VDM 3D U-Net, factorized over space and time (Ho et al. 2022; spec B1).
+
+Per level: [ResBlock(1×3×3 convs, + embedding) → (SpatialAttention → TemporalAttention)] × blocks,
+then a spatial-only 2× downsample; the middle is ResBlock → attention pair → ResBlock; the up path
+mirrors it with skip concatenations (blocks + 1 per level, as in DDPM). The frame count never changes.
+
+Implementation choices the paper leaves open (spec B1), flagged here:
+- GroupNorm per frame and SiLU; the embedding enters each ResBlock as a scale and shift (FiLM).
+- Relative positions in temporal attention: a learned per-head bias over clipped frame offsets.
+- Text conditioning: attention pooling added to the embedding (see `TextPooling`).
+
+The network knows nothing of noise schedules: it maps (z, noise_level, conditioning, frame_mask)
+to an output of z's shape (twice the channels for the "both" parameterization).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import SpatialAttention, TemporalAttention, group_norm, temporal_attention_mask
+from .embeddings import ClassEmbedding, NoiseLevelEmbedding, TextPooling
+
+__all__ = ["UNet3DConfig", "UNet3D", "UNET_PRESETS"]
+
+
+@dataclass
+class UNet3DConfig:
+    """Architecture of the 3D U-Net. Levels are counted from full resolution (level 0)."""
+
+    in_channels: int = 3
+    out_channels: Optional[int] = None  # default: in_channels (2 × for the "both" parameterization)
+    base_channels: int = 64
+    channel_mults: Tuple[int, ...] = (1, 2, 4)
+    blocks_per_level: int = 2
+    attention_levels: Tuple[int, ...] = (1, 2)  # levels with spatial + temporal attention; the middle always has it
+    head_dim: int = 32
+    dropout: float = 0.0
+    emb_dim: Optional[int] = None  # default: 4 × base_channels
+    emb_mlp_layers: int = 2
+    temporal_attention: bool = True  # False: a per-frame image model (for ablations and tests)
+    max_relative_distance: int = 32
+    num_classes: int = 0  # 0: no class conditioning
+    text_dim: int = 0  # 0: no text conditioning
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        self.channel_mults = tuple(int(m) for m in self.channel_mults)
+        self.attention_levels = tuple(int(level) for level in self.attention_levels)
+        if not self.channel_mults or min(self.channel_mults) < 1:
+            raise ValueError(f"channel_mults must be non-empty positive integers; got {self.channel_mults}")
+        for level in self.attention_levels:
+            if not 0 <= level < len(self.channel_mults):
+                raise ValueError(f"attention_levels entry {level} is not a level of channel_mults {self.channel_mults}")
+        for name in ("in_channels", "base_channels", "blocks_per_level", "head_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1); got {self.dropout}")
+        for level, mult in enumerate(self.channel_mults):
+            attends = level in self.attention_levels or level == len(self.channel_mults) - 1
+            if attends and (self.base_channels * mult) % self.head_dim:
+                raise ValueError(f"channels at level {level} ({self.base_channels * mult}) must be a multiple of head_dim ({self.head_dim})")
+
+
+UNET_PRESETS = {
+    # Trains on 2 CPU cores: 8 frames of 32×32 Moving Digits in minutes.
+    "tiny": UNet3DConfig(base_channels=32, channel_mults=(1, 2, 4), blocks_per_level=1, attention_levels=(1, 2),
+                         head_dim=32),
+    "small": UNet3DConfig(base_channels=64, channel_mults=(1, 2, 4), blocks_per_level=2, attention_levels=(1, 2),
+                          head_dim=32),
+    # VDM appendix A (spec B2), 16×64×64 inputs: attention at 32, 16, 8 = levels 1, 2, 3.
+    "vdm-ucf101": UNet3DConfig(base_channels=256, channel_mults=(1, 2, 4, 8), blocks_per_level=2,
+                               attention_levels=(1, 2, 3), head_dim=64, dropout=0.1, emb_dim=1024, emb_mlp_layers=4),
+    "vdm-bair": UNet3DConfig(base_channels=128, channel_mults=(1, 2, 3, 4), blocks_per_level=3,
+                             attention_levels=(1, 2, 3), head_dim=64, dropout=0.1, emb_dim=1024, emb_mlp_layers=2),
+    "vdm-kinetics": UNet3DConfig(base_channels=256, channel_mults=(1, 2, 4, 8), blocks_per_level=2,
+                                 attention_levels=(1, 2, 3), head_dim=64, dropout=0.1, emb_dim=1024, emb_mlp_layers=2),
+    # 9×128×128 text-to-video model: attention at 32, 16, 8 = levels 2, 3, 4.
+    "vdm-t2v-128": UNet3DConfig(base_channels=128, channel_mults=(1, 2, 4, 8, 16), blocks_per_level=2,
+                                attention_levels=(2, 3, 4), head_dim=128, emb_dim=1024, emb_mlp_layers=4),
+}
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → SiLU → 1×3×3 conv → FiLM(embedding) → GroupNorm → SiLU → dropout → 1×3×3 conv, + skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(in_ch), nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2, self.dropout = group_norm(out_ch), nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)  # every block starts as (a projection of) the identity
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """x: (B·F, C, H, W); emb: (B·F, E) (SiLU already applied)."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionPair(nn.Module):
+    """Spatial attention followed by temporal attention (VDM: one after every spatial block)."""
+
+    def __init__(self, channels: int, head_dim: int, temporal: bool, max_distance: int):
+        super().__init__()
+        self.spatial = SpatialAttention(channels, head_dim)
+        self.temporal = TemporalAttention(channels, head_dim, max_distance) if temporal else None
+
+    def forward(self, x: Tensor, frames: int, allowed: Optional[Tensor]) -> Tensor:
+        x = self.spatial(x)
+        return self.temporal(x, frames, allowed) if self.temporal is not None else x
+
+
+class Level(nn.Module):
+    """A ResBlock with its optional attention pair: the unit of gradient checkpointing."""
+
+    def __init__(self, in_ch: int, out_ch: int, cfg: UNet3DConfig, emb_dim: int, attend: bool):
+        super().__init__()
+        self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout)
+        self.attn = AttentionPair(out_ch, cfg.head_dim, cfg.temporal_attention, cfg.max_relative_distance) if attend else None
+
+    def forward(self, x: Tensor, emb: Tensor, frames: int, allowed: Optional[Tensor]) -> Tensor:
+        x = self.res(x, emb)
+        return self.attn(x, frames, allowed) if self.attn is not None else x
+
+
+class UNet3D(nn.Module):
+    """Factorized space-time U-Net. Input and output (B, C, F, H, W); H and W divisible by 2^(levels-1)."""
+
+    def __init__(self, config: Optional[UNet3DConfig] = None, **overrides):
+        super().__init__()
+        cfg = config if config is not None else UNet3DConfig()
+        if overrides:
+            cfg = UNet3DConfig(**{**cfg.__dict__, **overrides})
+        self.config = cfg
+        ch = [cfg.base_channels * m for m in cfg.channel_mults]
+        emb_dim = cfg.emb_dim or 4 * cfg.base_channels
+        last = len(ch) - 1
+
+        self.noise_embedding = NoiseLevelEmbedding(cfg.base_channels, emb_dim, cfg.emb_mlp_layers)
+        self.class_embedding = ClassEmbedding(cfg.num_classes, emb_dim) if cfg.num_classes > 0 else None
+        self.text_pooling = TextPooling(cfg.text_dim, emb_dim) if cfg.text_dim > 0 else None
+        self.input_conv = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        skip_ch, cur = [ch[0]], ch[0]
+        for level, out in enumerate(ch):
+            for _ in range(cfg.blocks_per_level):
+                self.down.append(Level(cur, out, cfg, emb_dim, level in cfg.attention_levels))
+                cur = out
+                skip_ch.append(cur)
+            if level != last:
+                self.downsample.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
+                skip_ch.append(cur)
+
+        self.middle = nn.ModuleList([Level(cur, cur, cfg, emb_dim, True), Level(cur, cur, cfg, emb_dim, False)])
+
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for level in reversed(range(len(ch))):
+            for _ in range(cfg.blocks_per_level + 1):
+                self.up.append(Level(cur + skip_ch.pop(), ch[level], cfg, emb_dim, level in cfg.attention_levels))
+                cur = ch[level]
+            if level != 0:
+                self.upsample.append(nn.Conv2d(cur, cur, 3, padding=1))
+
+        self.output_norm = group_norm(cur)
+        self.output_conv = nn.Conv2d(cur, cfg.out_channels or cfg.in_channels, 3, padding=1)
+        nn.init.zeros_(self.output_conv.weight)
+        nn.init.zeros_(self.output_conv.bias)
+
+    @property
+    def null_class(self) -> Optional[int]:
+        """Label of the learned "no class" embedding (classifier-free guidance), or None."""
+        return self.class_embedding.null_class if self.class_embedding is not None else None
+
+    def _embedding(self, noise_level: Tensor, batch: int, labels, text, text_mask, device) -> Tensor:
+        if noise_level.ndim == 0:
+            noise_level = noise_level.expand(batch)
+        if noise_level.shape != (batch,):
+            raise ValueError(f"noise_level must have shape ({batch},); got {tuple(noise_level.shape)}")
+        emb = self.noise_embedding(noise_level)
+        if self.class_embedding is not None:
+            emb = emb + self.class_embedding(labels, batch, device)
+        elif labels is not None:
+            raise ValueError("labels were given but the model has no class conditioning (num_classes = 0)")
+        if self.text_pooling is not None:
+            emb = emb + self.text_pooling(text, text_mask, batch, device)
+        elif text is not None:
+            raise ValueError("text was given but the model has no text conditioning (text_dim = 0)")
+        return emb
+
+    def _run(self, block: Level, x: Tensor, emb: Tensor, frames: int, allowed: Optional[Tensor]) -> Tensor:
+        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, emb, frames, allowed, use_reentrant=False)
+        return block(x, emb, frames, allowed)
+
+    def forward(self, z: Tensor, noise_level: Tensor, *, labels: Optional[Tensor] = None,
+                text: Optional[Tensor] = None, text_mask: Optional[Tensor] = None,
+                frame_mask: Optional[Tensor] = None) -> Tensor:
+        """z: (B, C, F, H, W); noise_level: (B,) in [0, 1]; labels: (B,) int; text: (B, D) or (B, L, D);
+        frame_mask: (B, F) bool, True = frame of the video clip, False = independent image (spec A10)."""
+        if z.ndim != 5:
+            raise ValueError(f"z must have shape (B, C, F, H, W); got {tuple(z.shape)}")
+        batch, channels, frames, height, width = z.shape
+        if channels != self.config.in_channels:
+            raise ValueError(f"z has {channels} channels but the model expects in_channels={self.config.in_channels}")
+        factor = 2 ** (len(self.config.channel_mults) - 1)
+        if height % factor or width % factor:
+            raise ValueError(f"frame size {height}×{width} must be divisible by {factor} for {len(self.config.channel_mults)} levels")
+        allowed = None
+        if frame_mask is not None:
+            if frame_mask.shape != (batch, frames):
+                raise ValueError(f"frame_mask must have shape ({batch}, {frames}); got {tuple(frame_mask.shape)}")
+            if not bool(frame_mask.all()):
+                allowed = temporal_attention_mask(frame_mask)
+
+        emb = self._embedding(noise_level, batch, labels, text, text_mask, z.device)
+        emb = F.silu(emb).repeat_interleave(frames, dim=0)  # one row per frame: (B·F, E)
+
+        h = self.input_conv(rearrange(z, "b c f h w -> (b f) c h w"))
+        skips = [h]
+        blocks = iter(self.down)
+        for level in range(len(self.config.channel_mults)):
+            for _ in range(self.config.blocks_per_level):
+                h = self._run(next(blocks), h, emb, frames, allowed)
+                skips.append(h)
+            if level < len(self.downsample):
+                h = self.downsample[level](h)
+                skips.append(h)
+        for block in self.middle:
+            h = self._run(block, h, emb, frames, allowed)
+        blocks = iter(self.up)
+        for i, level in enumerate(reversed(range(len(self.config.channel_mults)))):
+            for _ in range(self.config.blocks_per_level + 1):
+                h = self._run(next(blocks), torch.cat([h, skips.pop()], dim=1), emb, frames, allowed)
+            if level != 0:
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        out = self.output_conv(F.silu(self.output_norm(h)))
+        return rearrange(out, "(b f) c h w -> b c f h w", b=batch)
