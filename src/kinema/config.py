@@ -1,0 +1,288 @@
+"""Typed run configuration: dataclasses, TOML files, and `section.field=value` overrides.
+
+A run is described by one `RunConfig` (model, diffusion, data, train, sample). It is written as
+`config.toml` next to every checkpoint, so a checkpoint folder alone is enough to sample. Unknown
+fields and values of the wrong type are errors that name the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Tuple
+
+from .models.unet3d import UNET_PRESETS, UNet3DConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig", "RunConfig", "RUN_PRESETS",
+           "ConfigError", "load_config", "save_config", "apply_overrides", "config_from_dict", "config_to_dict"]
+
+
+class ConfigError(ValueError):
+    """A user error in a configuration file or override; the message names the field."""
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "cosine"  # cosine | shifted-cosine | ddpm-linear
+    logsnr_min: float = -20.0
+    logsnr_max: float = 20.0
+    shift_resolution: float = 0.0  # shifted-cosine: working resolution d; shift 2 log(reference/d)
+    reference_resolution: float = 64.0
+    prediction: str = "v"  # v | eps | x | both
+    weighting: str = "v-mse"  # v-mse | eps-mse | x-mse | snr-trunc | min-snr
+
+    def __post_init__(self) -> None:
+        _choice("diffusion.schedule", self.schedule, ("cosine", "shifted-cosine", "ddpm-linear"))
+        _choice("diffusion.prediction", self.prediction, ("v", "eps", "x", "both"))
+        _choice("diffusion.weighting", self.weighting, ("v-mse", "eps-mse", "x-mse", "snr-trunc", "min-snr"))
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "moving-digits"  # moving-digits | video-folder | image-folder
+    path: str = ""  # folder for video-folder / image-folder
+    frames: int = 8
+    height: int = 32
+    width: int = 32
+    channels: int = 1  # moving-digits is grey; folders may use 1 or 3
+    num_digits: int = 1
+    digit_size: int = 14
+    speed_min: float = 1.0
+    speed_max: float = 3.0
+    stride: int = 1
+    flip: bool = True
+    images_path: str = ""  # joint image+video training: a folder of images
+    images_per_video: int = 0
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("data.dataset", self.dataset, ("moving-digits", "video-folder", "image-folder"))
+        for name in ("frames", "height", "width", "stride", "digit_size", "num_digits"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be positive; got {getattr(self, name)}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"data.channels must be 1 or 3; got {self.channels}")
+        if self.dataset == "moving-digits" and self.height != self.width:
+            raise ConfigError(f"moving-digits needs square frames; got data.height={self.height}, data.width={self.width}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 16  # global batch (all ranks and accumulation steps together)
+    grad_accum: int = 1
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    betas: Tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0  # 0 disables
+    ema_decay: float = 0.999
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 where supported)
+    seed: int = 0
+    class_conditional: bool = False
+    label_dropout: float = 0.1  # classifier-free guidance: labels replaced by the null class this often
+    log_every: int = 10
+    sample_every: int = 500  # 0 disables sample videos during training
+    sample_count: int = 16
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+    time_limit_minutes: float = 0.0  # 0: no limit; otherwise stop (and checkpoint) after this wall-clock time
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints", "sample_count"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be positive; got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must lie in [0, 1); got {self.ema_decay}")
+        if not 0 <= self.label_dropout <= 1:
+            raise ConfigError(f"train.label_dropout must lie in [0, 1]; got {self.label_dropout}")
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ddim"  # ddim | ancestral
+    steps: int = 50
+    eta: float = 0.0
+    gamma: float = 0.1
+    guidance: float = 0.0
+    seed: int = 0
+    fps: float = 8.0
+
+    def __post_init__(self) -> None:
+        _choice("sample.sampler", self.sampler, ("ddim", "ancestral"))
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny"
+    model: UNet3DConfig = field(default_factory=lambda: copy.deepcopy(UNET_PRESETS["tiny"]))
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+
+
+RUN_PRESETS = {
+    # CPU minutes: 8 frames of 32×32 Moving Digits with the tiny U-Net.
+    "tiny": RunConfig(name="tiny"),
+    "small": RunConfig(name="small", model=copy.deepcopy(UNET_PRESETS["small"]),
+                       train=TrainConfig(steps=20000, lr=3e-4)),
+}
+
+
+def _check_type(path: str, value: Any, annotation: Any) -> Any:
+    """Return value converted to the annotated type, or raise ConfigError naming the field."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_type(path, value, args[0])
+    if origin in (tuple, Tuple):
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                value = [value]  # model.attention_levels=1 means (1,)
+            else:
+                raise ConfigError(f"{path} must be a list; got {value!r}")
+        item_type = args[0]
+        if len(args) > 1 and args[1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"{path} must have {len(args)} entries; got {len(value)}")
+        return tuple(_check_type(f"{path}[{i}]", v, item_type) for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false; got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer; got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number; got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string; got {value!r}")
+        return value
+    return value
+
+
+def _fields(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown(path: str, key: str, known) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean {path + close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown field {path + key!r}{hint}")
+
+
+def _build(cls, data: dict, path: str, base=None):
+    fields = _fields(cls)
+    values = dataclasses.asdict(base) if base is not None else {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown(path, key, fields)
+        annotation = fields[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path + key} must be a table of fields; got {value!r}")
+            sub_base = getattr(base, key) if base is not None else None
+            values[key] = _build(annotation, value, f"{path}{key}.", sub_base)
+        else:
+            values[key] = _check_type(path + key, value, annotation)
+    # nested dataclasses that were not mentioned keep their base values
+    for key, annotation in fields.items():
+        if dataclasses.is_dataclass(annotation) and isinstance(values.get(key), dict):
+            values[key] = annotation(**values[key])
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{path.rstrip('.') or 'config'}: {err}") from err
+
+
+def config_from_dict(data: dict, base: RunConfig | None = None) -> RunConfig:
+    return _build(RunConfig, data, "", base if base is not None else RunConfig())
+
+
+def config_to_dict(cfg) -> dict:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = config_to_dict(value)
+        elif value is None:
+            continue  # TOML has no null: an absent optional field means its default
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from err
+    try:
+        return config_from_dict(data, base)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    import tomli_w
+
+    Path(path).write_text(tomli_w.dumps(config_to_dict(cfg)))
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if "," in text:  # 1,2,4 -> [1, 2, 4]
+            return [_parse_value(part.strip()) for part in text.split(",")]
+        return text  # bare strings need no quotes on the command line
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `section.field=value` strings (values in TOML syntax; bare words are strings)."""
+    data: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value (e.g. train.lr=3e-4)")
+        key, text = item.split("=", 1)
+        parts = key.strip().lstrip("-").split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier one")
+        node[parts[-1]] = _parse_value(text.strip())
+    return config_from_dict(data, cfg)

@@ -1,0 +1,156 @@
+"""Folders of video files and of images, as datasets of (C, F, H, W) clips in [-1, 1].
+
+Files are decoded once at construction (with a progress bar) into uint8 arrays already resized to
+the training size, so DataLoader workers only slice and flip. Unreadable or too-short files are
+skipped with a warning that names them, and counted in `skipped`; an empty result is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ..media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_video
+
+__all__ = ["VideoFolder", "ImageFolder", "fit_frames"]
+
+
+def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop uint8 (F, H, W, C) frames to the target aspect ratio and resize (antialiased)."""
+    f, h, w, c = frames.shape
+    target = width / height
+    if w / h > target:  # too wide: crop width
+        new_w = max(1, round(h * target))
+        x0 = (w - new_w) // 2
+        frames = frames[:, :, x0:x0 + new_w]
+    else:
+        new_h = max(1, round(w / target))
+        y0 = (h - new_h) // 2
+        frames = frames[:, y0:y0 + new_h]
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    if x.shape[-2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _find(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    if not root.exists():
+        raise ValueError(f"{root}: folder does not exist")
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a folder")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def _to_clip(frames: np.ndarray, channels: int) -> torch.Tensor:
+    x = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (C, F, H, W)
+    return x.mean(0, keepdim=True) if channels == 1 else x
+
+
+class VideoFolder(Dataset):
+    """Every clip of `frames` frames (taken every `stride` frames) of every video under `root`.
+
+    Item: {"video": float32 (C, F, H, W) in [-1, 1]}; a key (index, salt) varies the random flip
+    between epochs (the batch sampler passes the epoch as salt).
+    """
+
+    def __init__(self, root: str | os.PathLike, frames: int = 8, height: int = 32, width: int = 32, stride: int = 1,
+                 flip: bool = True, channels: int = 3, seed: int = 0, max_frames_per_file: Optional[int] = None,
+                 progress: bool = True):
+        if frames < 1 or stride < 1:
+            raise ValueError(f"frames and stride must be positive; got frames={frames}, stride={stride}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3; got {channels}")
+        self.root, self.frames, self.stride, self.flip, self.channels, self.seed = Path(root), frames, stride, flip, channels, seed
+        files = _find(self.root, VIDEO_SUFFIXES)
+        if not files:
+            raise ValueError(f"{self.root}: no video files ({', '.join(VIDEO_SUFFIXES)}) found in this folder or below")
+        span = (frames - 1) * stride + 1
+        self.videos: list[np.ndarray] = []
+        self.files: list[Path] = []
+        self.skipped: list[tuple[Path, str]] = []
+        for path in tqdm(files, desc=f"decoding {self.root}", disable=not progress, leave=False):
+            try:
+                decoded = read_video(path, max_frames=max_frames_per_file)
+            except ValueError as err:
+                self._skip(path, str(err))
+                continue
+            if len(decoded) < span:
+                self._skip(path, f"{path}: only {len(decoded)} frames, a clip needs {span} (frames={frames}, stride={stride})")
+                continue
+            self.videos.append(fit_frames(decoded, height, width))
+            self.files.append(path)
+        self.clips = [(v, start) for v, video in enumerate(self.videos) for start in range(len(video) - span + 1)]
+        if not self.clips:
+            problems = "; ".join(reason for _, reason in self.skipped)
+            raise ValueError(f"{self.root}: no usable clips in {len(files)} video file(s): {problems}")
+
+    def _skip(self, path: Path, reason: str) -> None:
+        warnings.warn(f"skipping {reason}", stacklevel=3)
+        self.skipped.append((path, reason))
+
+    def summary(self) -> str:
+        return (f"{self.root}: {len(self.files)} usable video file(s), {len(self.clips)} clips of {self.frames} frames "
+                f"(stride {self.stride}), {len(self.skipped)} file(s) skipped")
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, key) -> dict:
+        index, salt = key if isinstance(key, tuple) else (key, 0)
+        v, start = self.clips[index]
+        frames = self.videos[v][start:start + (self.frames - 1) * self.stride + 1:self.stride]
+        clip = _to_clip(frames, self.channels)
+        if self.flip and np.random.default_rng([self.seed, index, salt]).random() < 0.5:
+            clip = clip.flip(-1)
+        return {"video": clip}
+
+
+class ImageFolder(Dataset):
+    """Every image under `root` as a 1-frame clip: {"video": float32 (C, 1, H, W) in [-1, 1]}."""
+
+    def __init__(self, root: str | os.PathLike, height: int = 32, width: int = 32, flip: bool = True,
+                 channels: int = 3, seed: int = 0, progress: bool = True):
+        import imageio.v3 as iio
+
+        self.root, self.flip, self.channels, self.seed = Path(root), flip, channels, seed
+        files = _find(self.root, IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"{self.root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found in this folder or below")
+        self.images: list[np.ndarray] = []
+        self.skipped: list[tuple[Path, str]] = []
+        for path in tqdm(files, desc=f"reading {self.root}", disable=not progress, leave=False):
+            try:
+                image = np.asarray(iio.imread(path))
+            except Exception as err:
+                warnings.warn(f"skipping {path}: cannot read image ({err})", stacklevel=2)
+                self.skipped.append((path, str(err)))
+                continue
+            if image.ndim == 2:
+                image = np.repeat(image[..., None], 3, axis=-1)
+            image = image[..., :3].astype(np.uint8)
+            if image.shape[-1] == 1:
+                image = np.repeat(image, 3, axis=-1)
+            self.images.append(fit_frames(image[None], height, width))
+        if not self.images:
+            raise ValueError(f"{self.root}: none of {len(files)} image file(s) could be read")
+
+    def summary(self) -> str:
+        return f"{self.root}: {len(self.images)} image(s), {len(self.skipped)} skipped"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key) -> dict:
+        index, salt = key if isinstance(key, tuple) else (key, 0)
+        clip = _to_clip(self.images[index], self.channels)
+        if self.flip and np.random.default_rng([self.seed, index, salt, 1]).random() < 0.5:
+            clip = clip.flip(-1)
+        return {"video": clip}

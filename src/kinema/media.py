@@ -1,0 +1,113 @@
+"""Reading and writing videos: PyAV for decoding, imageio (+ PyAV / Pillow) for encoding.
+
+Arrays on this boundary are uint8 (F, H, W, C); tensors inside kinema are float (C, F, H, W) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "read_video", "to_uint8", "tile_videos", "write_videos"]
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif", ".avi", ".mkv")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def read_video(path: str | os.PathLike, max_frames: Optional[int] = None) -> np.ndarray:
+    """Decode a video file to uint8 RGB frames (F, H, W, 3). Raises ValueError naming the file."""
+    import av
+
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except ValueError:
+        raise
+    except Exception as err:  # PyAV raises a family of FFmpeg errors; name the file either way
+        raise ValueError(f"{path}: cannot decode video ({type(err).__name__}: {err})") from err
+    if not frames:
+        raise ValueError(f"{path}: the video has no frames")
+    return np.stack(frames)
+
+
+def to_uint8(videos: Tensor) -> np.ndarray:
+    """(N, C, F, H, W) float in [-1, 1] -> (N, F, H, W, 3) uint8 (grey is repeated to RGB)."""
+    if videos.ndim != 5:
+        raise ValueError(f"videos must have shape (N, C, F, H, W); got {tuple(videos.shape)}")
+    x = ((videos.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = x.permute(0, 2, 3, 4, 1).cpu().numpy()
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return x
+
+
+def tile_videos(videos: np.ndarray, columns: Optional[int] = None, pad: int = 2) -> np.ndarray:
+    """(N, F, H, W, C) -> one grid video (F, rows·(H+pad)+pad, cols·(W+pad)+pad, C), with a white border."""
+    n, f, h, w, c = videos.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    grid = np.full((f, rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, columns)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, y:y + h, x:x + w] = videos[i]
+    return grid
+
+
+def _write_one(path: Path, frames: np.ndarray, fps: float, scale: int) -> None:
+    import imageio.v3 as iio
+
+    if scale > 1:
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        iio.imwrite(path, frames, duration=1000.0 / fps, loop=0)
+    elif suffix == ".mp4":
+        # H.264 wants even sides: pad by one white pixel where needed.
+        h, w = frames.shape[1:3]
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
+        iio.imwrite(path, frames, plugin="pyav", codec="libx264", fps=fps)
+    else:
+        raise ValueError(f"{path}: unsupported video suffix {suffix!r} (use .gif or .mp4)")
+
+
+def write_videos(videos: np.ndarray, path: str | os.PathLike, fps: float = 8.0, scale: int = 1,
+                 columns: Optional[int] = None) -> list[Path]:
+    """Write uint8 videos (N, F, H, W, C) to `path` and return the files written.
+
+    - `*.gif` / `*.mp4`: one grid video of all N;
+    - `*.npz`: the raw array under the key "videos", shape (N, F, H, W, C);
+    - anything else: a directory with one `{i:04d}.gif` per video.
+    """
+    path = Path(path)
+    if videos.ndim != 5 or videos.dtype != np.uint8:
+        raise ValueError(f"videos must be uint8 (N, F, H, W, C); got {videos.dtype} {videos.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        np.savez_compressed(path, videos=videos)
+        return [path]
+    if suffix in (".gif", ".mp4"):
+        _write_one(path, tile_videos(videos, columns), fps, scale)
+        return [path]
+    path.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, video in enumerate(videos):
+        out = path / f"{i:04d}.gif"
+        _write_one(out, video, fps, scale)
+        written.append(out)
+    return written

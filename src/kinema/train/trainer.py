@@ -1,0 +1,262 @@
+"""The training loop. One function, readable top to bottom; the same code runs alone or under torchrun.
+
+Exact resume: everything random is drawn from explicit generators whose states are checkpointed
+(diffusion times and noise, label dropout) or from torch's global RNG (dropout), also checkpointed;
+the data stream is a pure function of (seed, batches consumed). So on CPU a run interrupted and
+resumed ends with bit-identical weights to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..config import RunConfig, save_config
+from ..data import ResumableBatchSampler
+from ..diffusion import diffusion_loss
+from ..media import to_uint8, write_videos
+from ..pipeline import build_dataset, build_model, build_schedule, generate
+from .checkpoint import (
+    latest_checkpoint,
+    load_optimizer_state,
+    load_state,
+    rng_state_from_json,
+    rng_state_to_json,
+    save_checkpoint,
+)
+from .ema import EMA
+
+__all__ = ["train", "TrainingError", "TrainResult", "resolve_precision"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss is not finite); the message says what was kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    checkpoint: Optional[Path]
+    stopped_by: str  # "steps" | "time limit"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" is bf16 on CUDA devices that support it (else fp16), and on CPUs with AVX-512
+    (where bf16 matrix products are fast); fp32 on other CPUs, where bf16 is emulated."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else ""
+    return "bf16" if "AVX512" in capability.upper() else "fp32"
+
+
+def _distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, local = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def _learning_rate(cfg: RunConfig, step: int) -> float:
+    return cfg.train.lr * min(1.0, (step + 1) / max(1, cfg.train.warmup_steps))
+
+
+class _Log:
+    """metrics.jsonl (and TensorBoard when installed), on rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool, keep_until_step: int):
+        self.enabled, self.path, self.tb = enabled, run_dir / "metrics.jsonl", None
+        if not enabled:
+            return
+        if self.path.exists():  # a resumed run drops what was logged after its checkpoint
+            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= keep_until_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=keep_until_step + 1)
+        except Exception:  # tensorboard is optional
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"train/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          max_steps: Optional[int] = None) -> TrainResult:
+    """Train `cfg` into `run_dir` (config.toml, metrics.jsonl, samples/, checkpoints/).
+
+    With `resume=True` training continues from the newest checkpoint in `run_dir`. `max_steps`
+    stops this call early (the run's target stays cfg.train.steps); it exists for tests and demos.
+    """
+    run_dir = Path(run_dir)
+    rank, world, device = _distributed()
+    is_main = rank == 0
+    tc = cfg.train
+    micro = tc.batch_size // (world * tc.grad_accum)
+    if micro * world * tc.grad_accum != tc.batch_size or micro == 0:
+        raise ValueError(f"train.batch_size ({tc.batch_size}) must be divisible by world size ({world}) "
+                         f"× train.grad_accum ({tc.grad_accum})")
+
+    checkpoint_dir = run_dir / "checkpoints"
+    last = latest_checkpoint(checkpoint_dir)
+    if resume and last is None:
+        raise FileNotFoundError(f"{run_dir}: nothing to resume (no checkpoints/step_* folder)")
+    if not resume and last is not None:
+        raise FileExistsError(f"{run_dir} already holds checkpoints; resume it with --resume, or choose another --name")
+
+    torch.manual_seed(tc.seed)  # identical initial weights on every rank
+    model = build_model(cfg).to(device)
+    ema = EMA(model, tc.ema_decay)
+    precision = resolve_precision(tc.precision, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    gen = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
+    step = batches = 0
+    if last is not None:
+        _, state = load_state(last, model=model, ema=ema.model, device=device)
+        opt_state = load_optimizer_state(last, device)
+        optimizer.load_state_dict(opt_state["optimizer"])
+        scaler.load_state_dict(opt_state["scaler"])
+        step, batches = state["step"], state["batches"]
+        rngs = state["rng"][str(rank)] if str(rank) in state["rng"] else state["rng"]["0"]
+        gen.set_state(rng_state_from_json(rngs["generator"]))
+        torch.set_rng_state(rng_state_from_json(rngs["torch"]))
+        if device.type == "cuda" and "cuda" in rngs:
+            torch.cuda.set_rng_state(rng_state_from_json(rngs["cuda"]), device)
+    net = DistributedDataParallel(model) if world > 1 else model
+
+    schedule = build_schedule(cfg.diffusion)
+    dataset = build_dataset(cfg.data, "train", progress=progress and is_main)
+    if is_main and hasattr(dataset, "summary"):
+        tqdm.write(dataset.summary())
+    sampler = ResumableBatchSampler(len(dataset), micro, world_size=world, rank=rank, seed=cfg.data.seed,
+                                    start_batch=batches)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        pin_memory=device.type == "cuda", generator=torch.Generator(),  # leaves the global RNG alone
+                        persistent_workers=cfg.data.num_workers > 0)
+    batch_iter = iter(loader)
+
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.toml")
+    log = _Log(run_dir, is_main, step)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+                if precision in ("bf16", "fp16") else nullcontext())
+
+    def network(z, level, **cond):
+        with autocast:
+            return net(z, level, **cond)
+
+    def checkpoint() -> Optional[Path]:
+        if not is_main:
+            return None
+        rng = {"generator": rng_state_to_json(gen.get_state()), "torch": rng_state_to_json(torch.get_rng_state())}
+        if device.type == "cuda":
+            rng["cuda"] = rng_state_to_json(torch.cuda.get_rng_state(device))
+        state = {"step": step, "batches": batches, "rng": {"0": rng}, "precision": precision, "world_size": world}
+        return save_checkpoint(checkpoint_dir, cfg, model, ema.model,
+                               {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}, state,
+                               tc.keep_checkpoints)
+
+    end = tc.steps if max_steps is None else min(tc.steps, max_steps)
+    start_time, start_step, stopped_by, saved = time.time(), step, "steps", last
+    bar = tqdm(total=tc.steps, initial=step, desc=f"training {cfg.name}", disable=not (progress and is_main),
+               dynamic_ncols=True)
+    model.train()
+    while step < end:
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(cfg, step)
+        total = torch.zeros((), device=device)
+        for k in range(tc.grad_accum):
+            batch = next(batch_iter)
+            batches += 1
+            x = batch["video"].to(device, non_blocking=True)
+            cond = {}
+            if "frame_mask" in batch:
+                cond["frame_mask"] = batch["frame_mask"].to(device)
+            if model.null_class is not None:
+                labels = batch["label"].to(device)
+                drop = torch.rand(labels.shape, generator=gen, device=device) < tc.label_dropout
+                cond["labels"] = torch.where(drop, torch.full_like(labels, model.null_class), labels)
+            sync = net.no_sync() if world > 1 and k < tc.grad_accum - 1 else nullcontext()
+            with sync:
+                loss = diffusion_loss(network, schedule, x, prediction=cfg.diffusion.prediction,
+                                      weighting=cfg.diffusion.weighting, cond=cond, generator=gen).mean()
+                scaler.scale(loss / tc.grad_accum).backward()
+            total += loss.detach() / tc.grad_accum
+        if world > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        loss_value = total.item()
+        if not math.isfinite(loss_value):
+            bar.close()
+            log.close()
+            kept = f"the last good checkpoint is {saved}" if saved else "no checkpoint was written yet"
+            raise TrainingError(f"loss is {loss_value} at step {step + 1}; training stopped and {kept}. "
+                                "Try a lower train.lr, train.grad_clip > 0, or train.precision=fp32.")
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(model, step)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+
+        if step % tc.log_every == 0 or step == end:
+            elapsed = time.time() - start_time
+            log.write({"step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
+                       "grad_norm": float(grad_norm), "steps_per_s": (step - start_step) / elapsed,
+                       "elapsed_s": elapsed})
+        out_of_time = tc.time_limit_minutes > 0 and time.time() - start_time > 60 * tc.time_limit_minutes
+        if world > 1:  # every rank must agree to stop
+            flag = torch.tensor(float(out_of_time), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        if step % tc.checkpoint_every == 0 or step == end or out_of_time:
+            saved = checkpoint() or saved
+        if is_main and tc.sample_every > 0 and (step % tc.sample_every == 0 or step == end or out_of_time):
+            videos = generate(ema.model, cfg, tc.sample_count, device=device)
+            write_videos(to_uint8(videos), run_dir / "samples" / f"step_{step:06d}.gif", fps=cfg.sample.fps, scale=2)
+        if out_of_time:
+            stopped_by = "time limit"
+            break
+    bar.close()
+    log.close()
+    if world > 1:
+        dist.barrier()
+    return TrainResult(run_dir, step, saved, stopped_by)
