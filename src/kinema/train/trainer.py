@@ -51,6 +51,8 @@ class TrainResult:
     step: int
     checkpoint: Optional[Path]
     stopped_by: str  # "steps" | "time limit"
+    model: Optional[torch.nn.Module] = None  # the trained network (not the EMA) of this process
+    ema: Optional[torch.nn.Module] = None
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -259,4 +261,4 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
     log.close()
     if world > 1:
         dist.barrier()
-    return TrainResult(run_dir, step, saved, stopped_by)
+    return TrainResult(run_dir, step, saved, stopped_by, model, ema.model)

@@ -1,0 +1,195 @@
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from kinema.cli import main
+from kinema.config import ConfigError, RunConfig, apply_overrides, load_config, save_config
+from kinema.train import TrainingError, list_checkpoints, load_state, train
+from kinema.train.checkpoint import load_optimizer_state
+
+# A model and data small enough for a train step in tens of milliseconds.
+MICRO = ["model.base_channels=8", "model.channel_mults=1,2", "model.attention_levels=1", "model.head_dim=8",
+         "data.frames=4", "data.height=16", "data.width=16", "data.digit_size=8", "train.batch_size=2",
+         "train.warmup_steps=2", "train.sample_every=0", "train.log_every=1", "sample.steps=3",
+         "train.precision=fp32"]
+
+
+def micro(*extra) -> RunConfig:
+    return apply_overrides(RunConfig(name="micro"), MICRO + list(extra))
+
+
+def _weights(ckpt: Path, kind: str = "model") -> dict:
+    return load_file(str(ckpt / f"{kind}.safetensors"))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = micro("train.steps=3", "train.checkpoint_every=2", "train.keep_checkpoints=1")
+    result = train(cfg, tmp_path / "run", progress=False)
+    ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_000003"]  # keep_checkpoints=1 pruned step 2
+    loaded_cfg, state = load_state(ckpts[0])
+    assert loaded_cfg == cfg and state["step"] == 3 and state["batches"] == 3
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(_weights(ckpts[0])[key], value)
+    opt = load_optimizer_state(ckpts[0])  # weights_only=True: no arbitrary unpickling
+    assert "state" in opt["optimizer"] and opt["optimizer"]["param_groups"]
+    assert not any(p.name.startswith(".") for p in (tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+    cfg = micro("train.steps=6", "train.checkpoint_every=2", "model.dropout=0.1", "train.class_conditional=true",
+                "train.precision=bf16")
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "interrupted", progress=False, max_steps=3)
+    train(cfg, tmp_path / "interrupted", progress=False, resume=True)
+    a, b = (tmp_path / "straight" / "checkpoints" / "step_000006"), (tmp_path / "interrupted" / "checkpoints" / "step_000006")
+    assert _same(_weights(a), _weights(b)) and _same(_weights(a, "ema"), _weights(b, "ema"))
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
+    cfg = micro("train.steps=1")
+    train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(cfg, tmp_path / "fresh", progress=False, resume=True)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import kinema.train.trainer as trainer
+
+    real_loss, calls = trainer.diffusion_loss, []
+
+    def failing_loss(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 4 else loss
+
+    monkeypatch.setattr(trainer, "diffusion_loss", failing_loss)
+    with pytest.raises(TrainingError, match=r"nan at step 4.*step_000002"):
+        train(micro("train.steps=10", "train.checkpoint_every=2"), tmp_path / "run", progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step_000002"]
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "kinema", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigkill_at_any_point_resumes_to_the_same_weights(tmp_path):
+    args = ["train", "--quiet", "--out-dir", str(tmp_path), *MICRO, "train.steps=30", "train.checkpoint_every=1"]
+    proc = _cli([*args, "--name", "killed"], tmp_path)
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while len(list_checkpoints(ckpts)) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.13)  # land somewhere inside a later step or checkpoint write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = list_checkpoints(ckpts)[-1]
+    assert 2 <= int(done_before.name.split("_")[1]) < 30
+    resumed = _cli([*args, "--name", "killed", "--resume"], tmp_path)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    straight = _cli([*args, "--name", "straight"], tmp_path)
+    out, _ = straight.communicate(timeout=300)
+    assert straight.returncode == 0, out
+    a, b = ckpts / "step_000030", tmp_path / "straight" / "checkpoints" / "step_000030"
+    assert _same(_weights(a), _weights(b)) and _same(_weights(a, "ema"), _weights(b, "ema"))
+
+
+DDP_SCRIPT = """
+import sys, torch.distributed as dist
+from safetensors.torch import save_file
+from kinema.config import RunConfig, apply_overrides
+from kinema.train import train
+cfg = apply_overrides(RunConfig(name="ddp"), sys.argv[2:])
+result = train(cfg, sys.argv[1], progress=False)
+rank = dist.get_rank()
+save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, f"{sys.argv[1]}/rank{rank}.safetensors")
+dist.destroy_process_group()
+"""
+
+
+def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(run), *MICRO, "train.steps=4", "train.batch_size=4"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    r0, r1 = load_file(str(run / "rank0.safetensors")), load_file(str(run / "rank1.safetensors"))
+    assert _same(r0, r1)
+    assert _same(r0, _weights(run / "checkpoints" / "step_000004"))
+    torch.manual_seed(0)  # the trainer's seed: the shared initial weights
+    from kinema.pipeline import build_model
+
+    init = build_model(micro()).state_dict()
+    assert not _same(r0, {k: v.contiguous() for k, v in init.items()})  # training really moved them
+
+
+def test_sample_from_a_checkpoint_folder_alone(tmp_path):
+    train(micro("train.steps=2"), tmp_path / "run", progress=False)
+    alone = tmp_path / "elsewhere" / "ckpt"
+    shutil.copytree(tmp_path / "run" / "checkpoints" / "step_000002", alone)
+    shutil.rmtree(tmp_path / "run")
+    runner = CliRunner()
+    result = runner.invoke(main, ["sample", str(alone), "--num", "3", "--steps", "2", "--out", str(tmp_path / "s.npz")])
+    assert result.exit_code == 0, result.output
+    videos = np.load(tmp_path / "s.npz")["videos"]
+    assert videos.shape == (3, 4, 16, 16, 3) and videos.dtype == np.uint8
+    for out in ("s.gif", "s.mp4", "folder"):
+        result = runner.invoke(main, ["sample", str(alone), "--num", "2", "--steps", "2", "--out", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "folder").glob("*.gif"))) == 2
+    # the same seed gives the same samples
+    runner.invoke(main, ["sample", str(alone), "--num", "3", "--steps", "2", "--out", str(tmp_path / "t.npz")])
+    assert np.array_equal(np.load(tmp_path / "t.npz")["videos"], videos)
+
+
+def test_config_errors_name_the_field(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--out-dir", str(tmp_path), "train.stepz=3"])
+    assert result.exit_code != 0 and "train.stepz" in result.output and "train.steps" in result.output
+    result = runner.invoke(main, ["train", "--out-dir", str(tmp_path), "train.lr=fast"])
+    assert result.exit_code != 0 and "train.lr must be a number" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nbase_channels = 'wide'\n")
+    result = runner.invoke(main, ["train", "--config", str(bad), "--out-dir", str(tmp_path)])
+    assert result.exit_code != 0 and "bad.toml" in result.output and "model.base_channels" in result.output
+    with pytest.raises(ConfigError, match="data.frames"):
+        apply_overrides(RunConfig(), ["data.frames=0"])
+
+
+def test_config_file_round_trip(tmp_path):
+    cfg = micro("diffusion.prediction=eps", "train.betas=[0.9, 0.95]")
+    save_config(cfg, tmp_path / "c.toml")
+    assert load_config(tmp_path / "c.toml") == cfg
+
+
+def test_report_page(tmp_path):
+    train(micro("train.steps=3", "train.sample_every=3", "train.sample_count=2"), tmp_path / "run", progress=False)
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "run" / "index.html").read_text()
+    assert "<svg" in page and "polyline" in page and "samples/step_000003.gif" in page and "real.gif" in page
+    assert (tmp_path / "run" / "real.gif").is_file()
