@@ -121,11 +121,12 @@ def train(config_file, preset, name, out_dir, resume, quiet, overrides) -> None:
 @click.option("--seed", type=int, help="Random seed (default: the run's sample.seed).")
 @click.option("--frames", type=int, help="Frames per video (default: the training clip length).")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
-@click.option("--out", default="samples.gif", show_default=True, type=click.Path(),
-              help="*.gif/*.mp4: a grid video; *.npz: uint8 array (N, F, H, W, C); other: a folder of GIFs.")
+@click.option("--out", "outs", multiple=True, type=click.Path(),
+              help="*.gif/*.mp4: a grid video; *.npz: uint8 array (N, F, H, W, C); other: a folder of GIFs. "
+                   "Repeat to write the same samples several ways. Default: samples.gif")
 @click.option("--fps", type=float, help="Frames per second of the written video.")
 @_user_errors
-def sample(run_or_checkpoint, num, steps, sampler, guidance, label, seed, frames, weights, out, fps) -> None:
+def sample(run_or_checkpoint, num, steps, sampler, guidance, label, seed, frames, weights, outs, fps) -> None:
     """Sample videos from a run folder (its newest checkpoint) or a checkpoint folder."""
     import torch
 
@@ -141,8 +142,9 @@ def sample(run_or_checkpoint, num, steps, sampler, guidance, label, seed, frames
         labels = torch.full((num,), label)
     videos = generate(model, cfg, num, steps=steps, sampler=sampler, guidance=guidance, seed=seed, labels=labels,
                       frames=frames, progress=True)
-    written = write_videos(to_uint8(videos), out, fps=fps or cfg.sample.fps, scale=2)
-    click.echo(f"wrote {len(videos)} videos to {written[0] if len(written) == 1 else Path(out)}")
+    for out in outs or ("samples.gif",):
+        written = write_videos(to_uint8(videos), out, fps=fps or cfg.sample.fps, scale=2)
+        click.echo(f"wrote {len(videos)} videos to {written[0] if len(written) == 1 else Path(out)}")
 
 
 @main.command()

@@ -1,0 +1,5 @@
+"""Evaluation of samples."""
+
+from .digits import DigitOracle
+
+__all__ = ["DigitOracle"]
