@@ -192,4 +192,18 @@ def test_report_page(tmp_path):
     assert result.exit_code == 0, result.output
     page = (tmp_path / "run" / "index.html").read_text()
     assert "<svg" in page and "polyline" in page and "samples/step_000003.gif" in page and "real.gif" in page
-    assert (tmp_path / "run" / "real.gif").is_file()
+    assert (tmp_path / "run" / "real.gif").is_file() and (tmp_path / "run" / "samples" / "step_000003.mp4").is_file()
+
+
+def test_grad_accumulation_consumes_micro_batches(tmp_path):
+    train(micro("train.steps=2", "train.batch_size=4", "train.grad_accum=2"), tmp_path / "run", progress=False)
+    _, state = load_state(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
+    assert state["step"] == 2 and state["batches"] == 4
+    with pytest.raises(ValueError, match="divisible"):
+        train(micro("train.batch_size=3", "train.grad_accum=2"), tmp_path / "bad", progress=False)
+
+
+def test_dataloader_workers_do_not_change_the_result(tmp_path):
+    a = train(micro("train.steps=3"), tmp_path / "w0", progress=False)
+    b = train(micro("train.steps=3", "data.num_workers=2"), tmp_path / "w2", progress=False)
+    assert _same(a.model.state_dict(), b.model.state_dict())

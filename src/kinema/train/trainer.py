@@ -253,7 +253,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
             saved = checkpoint() or saved
         if is_main and tc.sample_every > 0 and (step % tc.sample_every == 0 or step == end or out_of_time):
             videos = generate(ema.model, cfg, tc.sample_count, device=device)
-            write_videos(to_uint8(videos), run_dir / "samples" / f"step_{step:06d}.gif", fps=cfg.sample.fps, scale=2)
+            for suffix in (".gif", ".mp4"):
+                write_videos(to_uint8(videos), run_dir / "samples" / f"step_{step:06d}{suffix}", fps=cfg.sample.fps, scale=2)
         if out_of_time:
             stopped_by = "time limit"
             break
