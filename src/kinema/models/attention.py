@@ -41,18 +41,20 @@ class SpatialAttention(nn.Module):
         super().__init__()
         self.heads = _heads(channels, head_dim)
         self.norm = group_norm(channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.out = nn.Conv2d(channels, channels, 1)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = nn.Linear(channels, channels)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B·F, C, H, W) -> same shape."""
         _, _, h, w = x.shape
-        q, k, v = rearrange(self.qkv(self.norm(x)), "n (three heads d) h w -> three n heads (h w) d",
-                            three=3, heads=self.heads)
-        y = F.scaled_dot_product_attention(q, k, v)
-        return x + self.out(rearrange(y, "n heads (h w) d -> n (heads d) h w", h=h, w=w))
+        # Projections on (tokens, channels) keep each head's features contiguous, which lets
+        # scaled_dot_product_attention take its fused kernel instead of the slower math path.
+        tokens = rearrange(self.norm(x), "n c h w -> n (h w) c")
+        q, k, v = rearrange(self.qkv(tokens), "n hw (three heads d) -> three n heads hw d", three=3, heads=self.heads)
+        y = rearrange(F.scaled_dot_product_attention(q, k, v), "n heads hw d -> n hw (heads d)")
+        return x + rearrange(self.out(y), "n (h w) c -> n c h w", h=h, w=w)
 
 
 class RelativePositionBias(nn.Module):
