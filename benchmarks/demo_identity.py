@@ -19,6 +19,7 @@ import torch
 from kinema.config import load_config
 from kinema.data import MovingDigits
 from kinema.eval import DigitOracle
+from kinema.media import to_uint8
 
 
 def scores(oracle: DigitOracle, videos: torch.Tensor) -> tuple[float, float]:
@@ -51,7 +52,7 @@ def main() -> None:
         import imageio.v3 as iio
 
         def rows(v: torch.Tensor, n: int) -> np.ndarray:
-            x = ((v[:n, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()  # (n, F, H, W)
+            x = to_uint8(v[:n])[..., 0]  # (n, F, H, W)
             x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=255)
             return np.concatenate([np.concatenate(list(video), axis=1) for video in x], axis=0)
 

@@ -142,8 +142,9 @@ def sample(run_or_checkpoint, num, steps, sampler, guidance, label, seed, frames
         labels = torch.full((num,), label)
     videos = generate(model, cfg, num, steps=steps, sampler=sampler, guidance=guidance, seed=seed, labels=labels,
                       frames=frames, progress=True)
+    frames_uint8 = to_uint8(videos)
     for out in outs or ("samples.gif",):
-        written = write_videos(to_uint8(videos), out, fps=fps or cfg.sample.fps, scale=2)
+        written = write_videos(frames_uint8, out, fps=fps or cfg.sample.fps, scale=2)
         click.echo(f"wrote {len(videos)} videos to {written[0] if len(written) == 1 else Path(out)}")
 
 

@@ -126,15 +126,15 @@ def generate(model: nn.Module, cfg: RunConfig, num: int, *, steps: Optional[int]
 
 def load_model(checkpoint: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[RunConfig, UNet3D]:
     """Rebuild a run's network from a checkpoint folder alone (config.toml + safetensors)."""
-    from .train.checkpoint import load_state, resolve_checkpoint
+    from safetensors.torch import load_file
+
+    from .config import load_config
+    from .train.checkpoint import resolve_checkpoint
 
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model'; got {weights!r}")
     path = resolve_checkpoint(checkpoint)
-    cfg, _ = load_state(path)
+    cfg = load_config(path / "config.toml")
     model = build_model(cfg).to(device)
-    if weights == "ema":
-        load_state(path, ema=model, device=device)
-    else:
-        load_state(path, model=model, device=device)
+    model.load_state_dict(load_file(str(path / f"{weights}.safetensors"), device=str(device)))
     return cfg, model.eval()

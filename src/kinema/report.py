@@ -33,7 +33,11 @@ def loss_curve_svg(steps: list[int], losses: list[float], width: int = 640, heig
 
     # a running mean makes the trend readable through the per-step noise of t ~ U(0, 1)
     window = max(1, len(logs) // 50)
-    smooth = [sum(logs[max(0, i - window + 1):i + 1]) / len(logs[max(0, i - window + 1):i + 1]) for i in range(len(logs))]
+    cumulative = [0.0]
+    for value in logs:
+        cumulative.append(cumulative[-1] + value)
+    smooth = [(cumulative[i + 1] - cumulative[max(0, i - window + 1)]) / (i + 1 - max(0, i - window + 1))
+              for i in range(len(logs))]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
              f'<rect x="{pad_l}" y="{pad_t}" width="{width - pad_l - pad_r}" height="{height - pad_t - pad_b}" fill="none" stroke="#999"/>']
     for k in range(5):

@@ -134,10 +134,10 @@ class ImageFolder(Dataset):
                 self.skipped.append((path, str(err)))
                 continue
             if image.ndim == 2:
-                image = np.repeat(image[..., None], 3, axis=-1)
-            image = image[..., :3].astype(np.uint8)
-            if image.shape[-1] == 1:
-                image = np.repeat(image, 3, axis=-1)
+                image = image[..., None]
+            # grey (+ alpha) -> RGB; RGBA -> RGB
+            image = np.repeat(image[..., :1], 3, axis=-1) if image.shape[-1] < 3 else image[..., :3]
+            image = image.astype(np.uint8)
             self.images.append(fit_frames(image[None], height, width))
         if not self.images:
             raise ValueError(f"{self.root}: none of {len(files)} image file(s) could be read")

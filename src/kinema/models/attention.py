@@ -103,18 +103,14 @@ class TemporalAttention(nn.Module):
 
     def forward(self, x: Tensor, frames: int, allowed: Optional[Tensor] = None) -> Tensor:
         """x: (B·F, C, H, W); allowed: optional (B, F, F) boolean mask from `temporal_attention_mask`."""
-        n, c, h, w = x.shape
-        batch = n // frames
+        _, _, h, w = x.shape
         tokens = rearrange(self.norm(x), "(b f) c h w -> b (h w) f c", f=frames)
         q, k, v = rearrange(self.qkv(tokens), "b hw f (three heads d) -> three b hw heads f d",
                             three=3, heads=self.heads)
-        bias = self.position_bias(frames, x.device).to(q.dtype)  # (heads, F, F)
-        if allowed is None:
-            mask = bias[None, None]  # broadcast over batch and positions
-        else:
+        mask = self.position_bias(frames, x.device).to(q.dtype)  # (heads, F, F)
+        if allowed is not None:
             blocked = torch.zeros(allowed.shape, dtype=q.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
-            mask = (bias[None] + blocked[:, None])[:, None]  # (B, 1, heads, F, F)
-        y = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
-                                           attn_mask=mask.expand(batch, h * w, -1, -1, -1).flatten(0, 1))
-        y = rearrange(y, "(b hw) heads f d -> b hw f (heads d)", b=batch)
+            mask = (mask[None] + blocked[:, None])[:, None]  # (B, 1, heads, F, F)
+        # q is (B, H·W, heads, F, d): the mask broadcasts over positions instead of being copied per position.
+        y = rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "b hw heads f d -> b hw f (heads d)")
         return x + rearrange(self.out(y), "b (h w) f c -> (b f) c h w", h=h, w=w)

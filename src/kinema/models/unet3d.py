@@ -15,7 +15,7 @@ to an output of z's shape (twice the channels for the "both" parameterization).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 import torch
@@ -141,9 +141,7 @@ class UNet3D(nn.Module):
 
     def __init__(self, config: Optional[UNet3DConfig] = None, **overrides):
         super().__init__()
-        cfg = config if config is not None else UNet3DConfig()
-        if overrides:
-            cfg = UNet3DConfig(**{**cfg.__dict__, **overrides})
+        cfg = replace(config if config is not None else UNet3DConfig(), **overrides)
         self.config = cfg
         ch = [cfg.base_channels * m for m in cfg.channel_mults]
         emb_dim = cfg.emb_dim or 4 * cfg.base_channels

@@ -245,16 +245,16 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
                        "grad_norm": float(grad_norm), "steps_per_s": (step - start_step) / elapsed,
                        "elapsed_s": elapsed})
         out_of_time = tc.time_limit_minutes > 0 and time.time() - start_time > 60 * tc.time_limit_minutes
-        if world > 1:  # every rank must agree to stop
+        if world > 1 and tc.time_limit_minutes > 0:  # every rank must agree to stop
             flag = torch.tensor(float(out_of_time), device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
         if step % tc.checkpoint_every == 0 or step == end or out_of_time:
             saved = checkpoint() or saved
         if is_main and tc.sample_every > 0 and (step % tc.sample_every == 0 or step == end or out_of_time):
-            videos = generate(ema.model, cfg, tc.sample_count, device=device)
+            videos = to_uint8(generate(ema.model, cfg, tc.sample_count, device=device))
             for suffix in (".gif", ".mp4"):
-                write_videos(to_uint8(videos), run_dir / "samples" / f"step_{step:06d}{suffix}", fps=cfg.sample.fps, scale=2)
+                write_videos(videos, run_dir / "samples" / f"step_{step:06d}{suffix}", fps=cfg.sample.fps, scale=2)
         if out_of_time:
             stopped_by = "time limit"
             break
