@@ -120,23 +120,29 @@ import sys, torch.distributed as dist
 from safetensors.torch import save_file
 from kinema.config import RunConfig, apply_overrides
 from kinema.train import train
-cfg = apply_overrides(RunConfig(name="ddp"), sys.argv[2:])
-result = train(cfg, sys.argv[1], progress=False)
+run, mode = sys.argv[1], sys.argv[2]  # mode: full | first-half | resume
+cfg = apply_overrides(RunConfig(name="ddp"), sys.argv[3:])
+result = train(cfg, run, progress=False, resume=mode == "resume",
+               max_steps=cfg.train.steps // 2 if mode == "first-half" else None)
 rank = dist.get_rank()
-save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, f"{sys.argv[1]}/rank{rank}.safetensors")
+save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, f"{run}/rank{rank}.safetensors")
 dist.destroy_process_group()
 """
+
+
+def _torchrun(script: Path, run: Path, mode: str, *overrides: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(run), mode, *MICRO, *overrides],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
 def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script), str(run), *MICRO, "train.steps=4", "train.batch_size=4"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _torchrun(script, run, "full", "train.steps=4", "train.batch_size=4")
     r0, r1 = load_file(str(run / "rank0.safetensors")), load_file(str(run / "rank1.safetensors"))
     assert _same(r0, r1)
     assert _same(r0, _weights(run / "checkpoints" / "step_000004"))
@@ -145,6 +151,18 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
 
     init = build_model(micro()).state_dict()
     assert not _same(r0, {k: v.contiguous() for k, v in init.items()})  # training really moved them
+
+
+def test_two_process_ddp_resume_is_bit_identical(tmp_path):
+    """Each rank draws its own noise; a resumed run must restore every rank's generator, not rank 0's."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    args = ("train.steps=4", "train.batch_size=4", "train.checkpoint_every=2")
+    _torchrun(script, tmp_path / "straight", "full", *args)
+    _torchrun(script, tmp_path / "resumed", "first-half", *args)
+    _torchrun(script, tmp_path / "resumed", "resume", *args)
+    a, b = (tmp_path / name / "checkpoints" / "step_000004" for name in ("straight", "resumed"))
+    assert _same(_weights(a), _weights(b)) and _same(_weights(a, "ema"), _weights(b, "ema"))
 
 
 def test_sample_from_a_checkpoint_folder_alone(tmp_path):

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,11 +155,16 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
         optimizer.load_state_dict(opt_state["optimizer"])
         scaler.load_state_dict(opt_state["scaler"])
         step, batches = state["step"], state["batches"]
-        rngs = state["rng"][str(rank)] if str(rank) in state["rng"] else state["rng"]["0"]
-        gen.set_state(rng_state_from_json(rngs["generator"]))
-        torch.set_rng_state(rng_state_from_json(rngs["torch"]))
-        if device.type == "cuda" and "cuda" in rngs:
-            torch.cuda.set_rng_state(rng_state_from_json(rngs["cuda"]), device)
+        rngs = state["rng"].get(str(rank))
+        if rngs is None:  # resumed on more processes than were saved: correct, but not bit-exact
+            warnings.warn(f"{last} holds RNG states for {len(state['rng'])} process(es); rank {rank} starts a fresh "
+                          "generator, so this resume is not bit-identical to an uninterrupted run")
+            gen.manual_seed(tc.seed * 1_000_003 + rank + 7919 * step)
+        else:
+            gen.set_state(rng_state_from_json(rngs["generator"]))
+            torch.set_rng_state(rng_state_from_json(rngs["torch"]))
+            if device.type == "cuda" and "cuda" in rngs:
+                torch.cuda.set_rng_state(rng_state_from_json(rngs["cuda"]), device)
     net = DistributedDataParallel(model) if world > 1 else model
 
     schedule = build_schedule(cfg.diffusion)
@@ -184,12 +190,18 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
             return net(z, level, **cond)
 
     def checkpoint() -> Optional[Path]:
-        if not is_main:
-            return None
+        """Called on every rank: each contributes its RNG states; rank 0 writes."""
         rng = {"generator": rng_state_to_json(gen.get_state()), "torch": rng_state_to_json(torch.get_rng_state())}
         if device.type == "cuda":
             rng["cuda"] = rng_state_to_json(torch.cuda.get_rng_state(device))
-        state = {"step": step, "batches": batches, "rng": {"0": rng}, "precision": precision, "world_size": world}
+        per_rank = [rng]
+        if world > 1:
+            per_rank = [None] * world
+            dist.all_gather_object(per_rank, rng)
+        if not is_main:
+            return None
+        state = {"step": step, "batches": batches, "rng": {str(r): states for r, states in enumerate(per_rank)},
+                 "precision": precision, "world_size": world}
         return save_checkpoint(checkpoint_dir, cfg, model, ema.model,
                                {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}, state,
                                tc.keep_checkpoints)
