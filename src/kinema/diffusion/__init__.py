@@ -1,6 +1,16 @@
 """Continuous-time diffusion: schedules, parameterizations, losses, samplers and guidance."""
 
-from .guidance import ClassifierFreeGuidance, Conditioned, Thresholded, dynamic_threshold, static_threshold
+from .guidance import (
+    ClassifierFreeGuidance,
+    Conditioned,
+    ReconstructionGuidance,
+    Replacement,
+    SuperResolutionGuidance,
+    Thresholded,
+    area_downsample,
+    dynamic_threshold,
+    static_threshold,
+)
 from .losses import diffusion_loss, sample_times
 from .parameterization import Denoiser, loss_weight, noise_level, x_from_output
 from .samplers import ancestral_step, ddim_step, langevin_step, sample_ancestral, sample_ddim, time_grid
@@ -13,7 +23,8 @@ from .schedules import (
 )
 
 __all__ = [
-    "ClassifierFreeGuidance", "Conditioned", "Thresholded", "dynamic_threshold", "static_threshold",
+    "ClassifierFreeGuidance", "Conditioned", "Replacement", "ReconstructionGuidance", "SuperResolutionGuidance",
+    "area_downsample", "Thresholded", "dynamic_threshold", "static_threshold",
     "diffusion_loss", "sample_times", "Denoiser", "loss_weight", "noise_level", "x_from_output",
     "ancestral_step", "ddim_step", "langevin_step", "sample_ancestral", "sample_ddim", "time_grid",
     "CosineSchedule", "DDPMLinearSchedule", "InterpolatedCosineSchedule", "Schedule", "ShiftedCosineSchedule",

@@ -4,6 +4,10 @@ A conditional denoiser has the signature `denoise(z, t, cond) -> x̂`, where `co
 keyword inputs for the network (e.g. {"labels": ...}). The wrappers here bind the conditioning and
 return the plain sampler contract `denoise(z, t) -> x̂`, so samplers never see conditioning.
 
+Conditioning on *known data* rather than a label (spec A8) is also a wrapper here: replacement
+(imputation), reconstruction guidance for known frames, and super-resolution guidance for a known
+low-resolution video. They need the schedule (α_t) and, for replacement, a noise generator.
+
 Convention (VDM, fixed for all of kinema): x̃ = (1 + w) x̂(z, c) - w x̂(z, ∅); w = 0 is unguided.
 Because x̂, ε̂ and v̂ are affine images of each other with the same coefficients for both branches,
 applying it to x̂ is the same as applying it to ε̂ or v̂.
@@ -12,14 +16,20 @@ applying it to x̂ is the same as applying it to ε̂ or v̂.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ClassifierFreeGuidance", "Conditioned", "static_threshold", "dynamic_threshold", "Thresholded"]
+from .parameterization import broadcast_like
+from .schedules import Schedule
+
+__all__ = ["ClassifierFreeGuidance", "Conditioned", "static_threshold", "dynamic_threshold", "Thresholded",
+           "Replacement", "ReconstructionGuidance", "SuperResolutionGuidance", "area_downsample"]
 
 CondDenoise = Callable[..., Tensor]
+Denoise = Callable[[Tensor, Tensor], Tensor]
 
 
 def _concat_cond(cond: Mapping[str, Any], uncond: Mapping[str, Any]) -> dict:
@@ -107,3 +117,143 @@ class Thresholded:
     def __call__(self, z: Tensor, t: Tensor) -> Tensor:
         x_hat = self.denoise(z, t)
         return static_threshold(x_hat) if self.mode == "static" else dynamic_threshold(x_hat, self.percentile)
+
+
+def _check_weight(weight: float, name: str) -> float:
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"{name} must be a finite number >= 0; got {weight}")
+    return float(weight)
+
+
+class Replacement:
+    """Imputation of known frames (spec A8, Song et al. 2021): the "replacement" baseline.
+
+    `known` (B, C, K, H, W) holds the frames x^a at frame positions `positions` (K distinct indices
+    into the F frames of z; any subset, in any order). At every call the a-part of z_t is replaced
+    by a fresh draw from the forward process q(z^a_t | x^a) = N(α_t x^a, σ_t² I), the denoiser runs
+    on the result, and x̂^a is set to x^a. The sampler then updates the b-part as usual; the a-part
+    it tracks is never read, since it is replaced at the next call, and the last step returns x^a.
+
+    The replacement is written with `torch.where`, so gradients flow to z^b through it: an outer
+    wrapper (e.g. `SuperResolutionGuidance`) can differentiate through a `Replacement`.
+    """
+
+    def __init__(self, denoise: Denoise, schedule: Schedule, known: Tensor, positions: Sequence[int],
+                 generator: Optional[torch.Generator] = None):
+        positions = [int(p) for p in positions]
+        if known.ndim != 5:
+            raise ValueError(f"known frames must have shape (B, C, K, H, W); got {tuple(known.shape)}")
+        if len(positions) != known.shape[2]:
+            raise ValueError(f"{len(positions)} positions given for {known.shape[2]} known frames")
+        if len(set(positions)) != len(positions) or min(positions, default=0) < 0:
+            raise ValueError(f"positions must be distinct non-negative frame indices; got {positions}")
+        self.denoise, self.schedule, self.generator = denoise, schedule, generator
+        self.known, self.positions = known, positions
+
+    def _check(self, z: Tensor) -> None:
+        B, C, F_, H, W = z.shape
+        k = self.known
+        if (k.shape[0], k.shape[1], k.shape[3], k.shape[4]) != (B, C, H, W):
+            raise ValueError(f"known frames of shape {tuple(k.shape)} do not fit z of shape {tuple(z.shape)}: "
+                             "batch, channels, height and width must match")
+        if max(self.positions, default=-1) >= F_:
+            raise ValueError(f"known frame position {max(self.positions)} is outside the {F_} frames of z")
+
+    def _mask(self, z: Tensor) -> Tensor:
+        """(1, 1, F, 1, 1) boolean mask of the known frames."""
+        mask = torch.zeros(z.shape[2], dtype=torch.bool, device=z.device)
+        mask[self.positions] = True
+        return mask.view(1, 1, -1, 1, 1)
+
+    def _scatter(self, z: Tensor, frames: Tensor) -> Tensor:
+        """A tensor like z holding `frames` (B, C, K, H, W) at the known positions (zeros elsewhere)."""
+        full = torch.zeros_like(z)
+        full[:, :, self.positions] = frames.to(device=z.device, dtype=z.dtype)
+        return full
+
+    def replace(self, z: Tensor, t: Tensor) -> Tensor:
+        """z with its known frames replaced by a draw from q(z^a_t | x^a)."""
+        self._check(z)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        alpha, sigma = broadcast_like(alpha, z).to(z.dtype), broadcast_like(sigma, z).to(z.dtype)
+        noise = torch.randn(self.known.shape, generator=self.generator, device=z.device, dtype=z.dtype)
+        z_known = alpha * self._scatter(z, self.known) + sigma * self._scatter(z, noise)
+        return torch.where(self._mask(z), z_known, z)
+
+    def paste(self, x_hat: Tensor) -> Tensor:
+        """x̂ with its known frames set to x^a."""
+        return torch.where(self._mask(x_hat), self._scatter(x_hat, self.known), x_hat)
+
+    def __call__(self, z: Tensor, t: Tensor) -> Tensor:
+        return self.paste(self.denoise(self.replace(z, t), t))
+
+
+class ReconstructionGuidance(Replacement):
+    """Reconstruction guidance (VDM eq. 7, spec A8) for known frames at any positions:
+
+        x̃^b = x̂^b − (w_r α_t / 2) ∇_{z^b_t} ‖x^a − x̂^a_θ(z_t)‖²,   x̃^a = x^a,
+
+    with z_t = [z^a_t, z^b_t] built by replacement. The gradient costs one extra backward pass
+    through the denoiser per call. `weight` = w_r; w_r = 0 is exactly `Replacement` (no backward).
+    VDM used w_r = 50 (BAIR) and 9 (Kinetics); larger w_r means more coherence with x^a.
+    """
+
+    def __init__(self, denoise: Denoise, schedule: Schedule, known: Tensor, positions: Sequence[int],
+                 weight: float, generator: Optional[torch.Generator] = None):
+        super().__init__(denoise, schedule, known, positions, generator)
+        self.weight = _check_weight(weight, "reconstruction guidance weight")
+
+    def __call__(self, z: Tensor, t: Tensor) -> Tensor:
+        if self.weight == 0.0:
+            return super().__call__(z, t)
+        z_in = self.replace(z, t).detach().requires_grad_(True)
+        with torch.enable_grad():
+            x_hat = self.denoise(z_in, t)
+            error = (self.known.to(x_hat.dtype) - x_hat[:, :, self.positions]).square().sum()
+            (grad,) = torch.autograd.grad(error, z_in)
+        alpha, _ = self.schedule.alpha_sigma(t)
+        step = (0.5 * self.weight) * broadcast_like(alpha, z).to(z.dtype) * grad
+        # The gradient is taken with respect to z^b only: z^a is data, not a variable.
+        return self.paste(x_hat.detach() - step)
+
+
+def area_downsample(video: Tensor, size: Sequence[int]) -> Tensor:
+    """Average-pool each frame of (B, C, F, H, W) to (h, w): the differentiable D of SR guidance."""
+    B, C, F_, H, W = video.shape
+    frames = video.transpose(1, 2).reshape(B * F_, C, H, W)
+    small = F.adaptive_avg_pool2d(frames, tuple(size))
+    return small.reshape(B, F_, C, *small.shape[-2:]).transpose(1, 2)
+
+
+class SuperResolutionGuidance:
+    """Spatial super-resolution guidance (VDM §3.1, spec A8) from a known low-resolution video:
+
+        x̃ = x̂ − (w_r α_t / 2) ∇_{z_t} ‖x^a − D(x̂_θ(z_t))‖²,
+
+    where D is a differentiable downsampler (default: area averaging to the size of `low_res`)
+    and the gradient is taken with respect to the whole z_t. The inner denoiser may itself be a
+    `Replacement` (known high-resolution frames, e.g. the overlap with a previous block) or a
+    classifier-free-guidance wrapper: anything differentiable in z.
+    """
+
+    def __init__(self, denoise: Denoise, schedule: Schedule, low_res: Tensor, weight: float,
+                 downsample: Optional[Callable[[Tensor, Sequence[int]], Tensor]] = None):
+        if low_res.ndim != 5:
+            raise ValueError(f"low-resolution video must have shape (B, C, F, h, w); got {tuple(low_res.shape)}")
+        self.denoise, self.schedule, self.low_res = denoise, schedule, low_res
+        self.weight = _check_weight(weight, "super-resolution guidance weight")
+        self.downsample = downsample or area_downsample
+
+    def __call__(self, z: Tensor, t: Tensor) -> Tensor:
+        if z.shape[:3] != self.low_res.shape[:3]:
+            raise ValueError(f"low-resolution video of shape {tuple(self.low_res.shape)} does not fit z of shape "
+                             f"{tuple(z.shape)}: batch, channels and frames must match")
+        if self.weight == 0.0:
+            return self.denoise(z, t)
+        z_in = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            x_hat = self.denoise(z_in, t)
+            error = (self.low_res.to(x_hat.dtype) - self.downsample(x_hat, self.low_res.shape[-2:])).square().sum()
+            (grad,) = torch.autograd.grad(error, z_in)
+        alpha, _ = self.schedule.alpha_sigma(t)
+        return x_hat.detach() - (0.5 * self.weight) * broadcast_like(alpha, z).to(z.dtype) * grad

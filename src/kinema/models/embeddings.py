@@ -35,7 +35,8 @@ class NoiseLevelEmbedding(nn.Module):
         self.feature_dim, self.mlp = feature_dim, nn.Sequential(*layers)
 
     def forward(self, noise_level: Tensor) -> Tensor:
-        return self.mlp(sinusoidal_embedding(1000.0 * noise_level, self.feature_dim))
+        features = sinusoidal_embedding(1000.0 * noise_level, self.feature_dim)  # float32 for precision
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 class ClassEmbedding(nn.Module):
