@@ -39,6 +39,7 @@ def main() -> None:
     kinema sample runs/tiny --out s.gif   sample 16 videos from the newest checkpoint
     kinema data moving-digits --out r.gif write real training clips the same way
     kinema report runs/tiny               an HTML page with samples, real clips, loss curve, config
+    kinema predict / extend / interpolate / upsample   conditional generation from a trained model
     """
 
 
@@ -118,6 +119,7 @@ def train(config_file, preset, name, out_dir, resume, quiet, overrides) -> None:
 @click.option("--sampler", type=click.Choice(["ddim", "ancestral"]), help="Default: the run's sample.sampler.")
 @click.option("--guidance", type=float, help="Classifier-free guidance weight w (0 = none; VDM convention).")
 @click.option("--label", type=int, help="Class label for every video (class-conditional models).")
+@click.option("--prompt", help="Text prompt for every video (text-conditional models).")
 @click.option("--seed", type=int, help="Random seed (default: the run's sample.seed).")
 @click.option("--frames", type=int, help="Frames per video (default: the training clip length).")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
@@ -126,7 +128,7 @@ def train(config_file, preset, name, out_dir, resume, quiet, overrides) -> None:
                    "Repeat to write the same samples several ways. Default: samples.gif")
 @click.option("--fps", type=float, help="Frames per second of the written video.")
 @_user_errors
-def sample(run_or_checkpoint, num, steps, sampler, guidance, label, seed, frames, weights, outs, fps) -> None:
+def sample(run_or_checkpoint, num, steps, sampler, guidance, label, prompt, seed, frames, weights, outs, fps) -> None:
     """Sample videos from a run folder (its newest checkpoint) or a checkpoint folder."""
     import torch
 
@@ -141,11 +143,165 @@ def sample(run_or_checkpoint, num, steps, sampler, guidance, label, seed, frames
             raise click.BadParameter("this model is not class-conditional", param_hint="--label")
         labels = torch.full((num,), label)
     videos = generate(model, cfg, num, steps=steps, sampler=sampler, guidance=guidance, seed=seed, labels=labels,
-                      frames=frames, progress=True)
+                      prompts=[prompt] if prompt is not None else None, frames=frames, progress=True)
     frames_uint8 = to_uint8(videos)
     for out in outs or ("samples.gif",):
         written = write_videos(frames_uint8, out, fps=fps or cfg.sample.fps, scale=2)
         click.echo(f"wrote {len(videos)} videos to {written[0] if len(written) == 1 else Path(out)}")
+
+
+def _task_options(fn):
+    """Options shared by predict / extend / interpolate / upsample (applied bottom-up)."""
+    options = [
+        click.option("--method", type=click.Choice(["reconstruction", "replacement"]), default="reconstruction",
+                     show_default=True, help="How known frames condition each block (spec A8)."),
+        click.option("--weight", "recon_weight", type=float, default=None,
+                     help="Reconstruction guidance weight w_r (default: kinema.tasks.DEFAULT_WEIGHT)."),
+        click.option("--overlap", type=int, help="Known frames that condition each block (default: half a clip)."),
+        click.option("--steps", type=int, help="Sampling steps (default: the run's sample.steps)."),
+        click.option("--sampler", type=click.Choice(["ddim", "ancestral"]), help="Default: the run's sample.sampler."),
+        click.option("--guidance", type=float, help="Classifier-free guidance weight w (0 = none)."),
+        click.option("--label", type=int, help="Class label (class-conditional models)."),
+        click.option("--prompt", help="Text prompt (text-conditional models)."),
+        click.option("--seed", type=int, help="Random seed (default: the run's sample.seed)."),
+        click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True),
+        click.option("--out", "outs", multiple=True, type=click.Path(),
+                     help="*.gif/*.mp4 grid video, *.npz array, or a folder of GIFs; repeatable. Default: OUT.gif"),
+        click.option("--fps", type=float, help="Frames per second of the written video."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _task_run(checkpoint, weights):
+    import torch
+
+    from .pipeline import load_model
+
+    return load_model(checkpoint, weights, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _task_kwargs(model, num, method, recon_weight, overlap, steps, sampler, guidance, label, prompt, seed) -> dict:
+    import torch
+
+    from .tasks import DEFAULT_WEIGHT
+
+    kwargs = dict(method=method, weight=DEFAULT_WEIGHT if recon_weight is None else recon_weight, overlap=overlap,
+                  steps=steps, sampler=sampler, guidance=guidance, seed=seed, progress=True)
+    if label is not None:
+        kwargs["labels"] = torch.full((num,), label)
+    if prompt is not None:
+        kwargs["prompts"] = [prompt]
+    return kwargs
+
+
+def _write_task(videos, cfg, outs, fps, default: str) -> None:
+    from .media import to_uint8, write_videos
+
+    frames = to_uint8(videos)
+    for out in outs or (default,):
+        written = write_videos(frames, out, fps=fps or cfg.sample.fps, scale=2)
+        click.echo(f"wrote {len(videos)} videos of {videos.shape[2]} frames to "
+                   f"{written[0] if len(written) == 1 else Path(out)}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--context", required=True, type=click.Path(dir_okay=False),
+              help="The clip to continue: a video file, or an .npz of clips written by `kinema sample`.")
+@click.option("--frames", "num_frames", required=True, type=int, help="How many frames to add.")
+@click.option("--fit", is_flag=True, help="Centre-crop/resize the context (and convert colour) to the model's format.")
+@_task_options
+@_user_errors
+def predict(checkpoint, context, num_frames, fit, method, recon_weight, overlap, steps, sampler, guidance, label,
+            prompt, seed, weights, outs, fps) -> None:
+    """Continue a clip by K frames (video prediction), conditioning on its last frames.
+
+    \b
+    kinema predict runs/tiny --context clip.mp4 --frames 16 --out continued.gif
+    """
+    from .media import read_clips
+    from .tasks import predict as run_predict
+
+    cfg, model = _task_run(checkpoint, weights)
+    clips = read_clips(context, cfg.data.channels, (cfg.data.height, cfg.data.width), fit)
+    window = cfg.data.frames
+    used = min(clips.shape[2], window // 2 if overlap is None else overlap)
+    click.echo(f"continuing {clips.shape[0]} clip(s) of {clips.shape[2]} frames; each block is conditioned on the "
+               f"{used} frames before it")
+    kwargs = _task_kwargs(model, clips.shape[0], method, recon_weight, overlap, steps, sampler, guidance, label,
+                          prompt, seed)
+    _write_task(run_predict(model, cfg, clips, num_frames, **kwargs), cfg, outs, fps, "predicted.gif")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--length", required=True, type=int, help="Frames per video (any multiple of the training length).")
+@click.option("--num", default=4, show_default=True, help="How many videos.")
+@click.option("--frameskip", default=1, show_default=True,
+              help="k > 1: generate every k-th frame first, then in-fill (needs a model trained at that stride).")
+@_task_options
+@_user_errors
+def extend(checkpoint, length, num, frameskip, method, recon_weight, overlap, steps, sampler, guidance, label, prompt,
+           seed, weights, outs, fps) -> None:
+    """Generate videos longer than the training clips, block by block (VDM's long-video extension).
+
+    \b
+    kinema extend runs/tiny --length 32 --num 4 --out long.gif
+    """
+    from .tasks import extend as run_extend
+
+    cfg, model = _task_run(checkpoint, weights)
+    kwargs = _task_kwargs(model, num, method, recon_weight, overlap, steps, sampler, guidance, label, prompt, seed)
+    _write_task(run_extend(model, cfg, length, num, frameskip=frameskip, **kwargs), cfg, outs, fps, "extended.gif")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--video", required=True, type=click.Path(dir_okay=False), help="Video file or .npz of clips.")
+@click.option("--factor", required=True, type=int, help="Output has factor-1 new frames between given ones.")
+@click.option("--fit", is_flag=True, help="Centre-crop/resize (and convert colour) to the model's format.")
+@_task_options
+@_user_errors
+def interpolate(checkpoint, video, factor, fit, method, recon_weight, overlap, steps, sampler, guidance, label,
+                prompt, seed, weights, outs, fps) -> None:
+    """Fill in frames between the given ones (temporal super-resolution).
+
+    \b
+    kinema interpolate runs/tiny --video coarse.npz --factor 2 --out smooth.gif
+    """
+    from .media import read_clips
+    from .tasks import interpolate as run_interpolate
+
+    cfg, model = _task_run(checkpoint, weights)
+    clips = read_clips(video, cfg.data.channels, (cfg.data.height, cfg.data.width), fit)
+    kwargs = _task_kwargs(model, clips.shape[0], method, recon_weight, 1 if overlap is None else overlap, steps,
+                          sampler, guidance, label, prompt, seed)
+    _write_task(run_interpolate(model, cfg, clips, factor, **kwargs), cfg, outs, fps, "interpolated.gif")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--video", required=True, type=click.Path(dir_okay=False), help="Low-resolution video file or .npz.")
+@click.option("--sr-weight", default=10.0, show_default=True, help="Super-resolution guidance weight.")
+@_task_options
+@_user_errors
+def upsample(checkpoint, video, sr_weight, method, recon_weight, overlap, steps, sampler, guidance, label, prompt,
+             seed, weights, outs, fps) -> None:
+    """Spatial super-resolution to the model's resolution with SR guidance (VDM §3.1).
+
+    \b
+    kinema upsample runs/tiny --video small.npz --out sharp.gif
+    """
+    from .media import read_clips
+    from .tasks import upsample as run_upsample
+
+    cfg, model = _task_run(checkpoint, weights)
+    clips = read_clips(video, cfg.data.channels)
+    kwargs = _task_kwargs(model, clips.shape[0], method, recon_weight, overlap, steps, sampler, guidance, label,
+                          prompt, seed)
+    _write_task(run_upsample(model, cfg, clips, sr_weight=sr_weight, **kwargs), cfg, outs, fps, "upsampled.gif")
 
 
 @main.command()

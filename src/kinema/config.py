@@ -92,6 +92,8 @@ class TrainConfig:
     seed: int = 0
     class_conditional: bool = False
     label_dropout: float = 0.1  # classifier-free guidance: labels replaced by the null class this often
+    text_conditional: bool = False  # condition on captions (moving-digits) through the bundled sentence encoder
+    text_dropout: float = 0.1  # classifier-free guidance: captions dropped (null text) this often
     log_every: int = 10
     sample_every: int = 500  # 0 disables sample videos during training
     sample_count: int = 16
@@ -107,8 +109,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be positive; got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in [0, 1); got {self.ema_decay}")
-        if not 0 <= self.label_dropout <= 1:
-            raise ConfigError(f"train.label_dropout must lie in [0, 1]; got {self.label_dropout}")
+        for name in ("label_dropout", "text_dropout"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"train.{name} must lie in [0, 1]; got {getattr(self, name)}")
 
 
 @dataclass

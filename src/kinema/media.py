@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "read_video", "to_uint8", "tile_videos", "write_videos"]
+__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "read_video", "read_clips", "to_uint8", "tile_videos", "write_videos"]
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif", ".avi", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -42,6 +42,45 @@ def read_video(path: str | os.PathLike, max_frames: Optional[int] = None) -> np.
     if not frames:
         raise ValueError(f"{path}: the video has no frames")
     return np.stack(frames)
+
+
+def read_clips(path: str | os.PathLike, channels: int, size: Optional[tuple[int, int]] = None,
+               fit: bool = False) -> Tensor:
+    """Clips for conditional generation: (N, channels, F, H, W) float in [-1, 1].
+
+    `*.npz` (as written by `kinema sample`, key "videos") gives N clips; a video file gives one.
+    Grey stored as RGB (equal channels, as kinema writes grey) reads as grey. With `fit`, frames
+    are centre-cropped and resized to `size` and colour is averaged to grey for a grey model;
+    without it a different size or a colour clip for a grey model is an error naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            if "videos" not in data:
+                raise ValueError(f"{path}: expected an array named 'videos' (N, F, H, W, C); found {sorted(data)}")
+            videos = data["videos"]
+        if videos.ndim != 5 or videos.dtype != np.uint8:
+            raise ValueError(f"{path}: 'videos' must be uint8 (N, F, H, W, C); got {videos.dtype} {videos.shape}")
+    else:
+        videos = read_video(path)[None]
+    if fit and size is not None:
+        from .data.folders import fit_frames
+
+        videos = np.stack([fit_frames(v, *size) for v in videos])
+    elif size is not None and tuple(videos.shape[2:4]) != tuple(size):
+        raise ValueError(f"{path}: frames are {videos.shape[2]}×{videos.shape[3]}, the model needs {size[0]}×{size[1]} "
+                         "(pass --fit to centre-crop and resize)")
+    clips = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # (N, C, F, H, W)
+    if channels == 1 and clips.shape[1] == 3:
+        grey = bool((clips[:, :1] == clips[:, 1:]).all())
+        if not grey and not fit:
+            raise ValueError(f"{path}: a colour clip, but the model is grey (pass --fit to convert it)")
+        clips = clips.mean(1, keepdim=True)
+    elif clips.shape[1] != channels:
+        raise ValueError(f"{path}: {clips.shape[1]} channels, the model needs {channels}")
+    return clips
 
 
 def to_uint8(videos: Tensor) -> np.ndarray:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,9 +27,11 @@ from .diffusion import (
 from .diffusion.parameterization import output_channels
 from .models import UNet3D
 
-__all__ = ["build_schedule", "build_model", "build_dataset", "generate", "load_model", "NUM_DIGIT_CLASSES"]
+__all__ = ["build_schedule", "build_model", "build_dataset", "generate", "load_model", "conditioning",
+           "conditioned_denoiser", "run_sampler", "NUM_DIGIT_CLASSES"]
 
 NUM_DIGIT_CLASSES = 10
+Denoise = Callable[[Tensor, Tensor], Tensor]
 
 
 def build_schedule(cfg: DiffusionConfig) -> Schedule:
@@ -51,7 +53,16 @@ def model_config(cfg: RunConfig):
             raise ValueError("train.class_conditional needs labels: only moving-digits provides them "
                              "(or set model.num_classes for your own dataset)")
         num_classes = NUM_DIGIT_CLASSES
-    return dataclasses.replace(cfg.model, in_channels=channels, num_classes=num_classes,
+    text_dim = cfg.model.text_dim
+    if cfg.train.text_conditional:
+        if cfg.data.dataset != "moving-digits":
+            raise ValueError("train.text_conditional needs captions: only moving-digits provides them")
+        from .text import TEXT_DIM
+
+        if text_dim not in (0, TEXT_DIM):
+            raise ValueError(f"model.text_dim is {text_dim}, but the sentence encoder gives {TEXT_DIM}-d embeddings")
+        text_dim = TEXT_DIM
+    return dataclasses.replace(cfg.model, in_channels=channels, num_classes=num_classes, text_dim=text_dim,
                                out_channels=output_channels(cfg.diffusion.prediction, channels))
 
 
@@ -80,46 +91,102 @@ def build_dataset(cfg: DataConfig, split: str = "train", progress: bool = True):
     return ds
 
 
+def conditioning(model: nn.Module, num: int, *, labels: Optional[Tensor] = None, prompts: Optional[Sequence[str]] = None,
+                 seed: int = 0, device: Optional[torch.device] = None) -> tuple[dict, dict]:
+    """(cond, uncond) network inputs for `num` videos; uncond is the classifier-free-guidance "null".
+
+    A class-conditional model gets `labels` (random classes from `seed` when None; the null class
+    `model.null_class` asks for an unconditional sample) and the null class; a text-conditional model gets the encoded `prompts` and the same embeddings masked out
+    (its learned null text); without prompts it samples unconditionally. Inputs a model was not
+    trained with are errors.
+    """
+    device = device or next(model.parameters()).device
+    cond: dict = {}
+    uncond: dict = {}
+    null = getattr(model, "null_class", None)
+    if labels is not None and null is None:
+        raise ValueError("labels were given, but this model was trained without class conditioning")
+    if null is not None:
+        if labels is None:
+            labels = torch.randint(0, null, (num,), generator=torch.Generator().manual_seed(seed))
+        labels = torch.as_tensor(labels).long().to(device)
+        if labels.shape != (num,):
+            raise ValueError(f"need one label per video: {num} videos but labels of shape {tuple(labels.shape)}")
+        if bool((labels < 0).any()) or bool((labels > null).any()):
+            raise ValueError(f"labels must lie in [0, {null - 1}] for this model ({null}: no class); "
+                             f"got {labels.unique().tolist()}")
+        cond["labels"], uncond["labels"] = labels, torch.full_like(labels, null)
+    text_dim = getattr(getattr(model, "config", None), "text_dim", 0)
+    if prompts is not None:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not text_dim:
+            raise ValueError("a text prompt was given, but this model was trained without text conditioning "
+                             "(train.text_conditional = false)")
+        prompts = list(prompts) * num if len(prompts) == 1 else list(prompts)
+        if len(prompts) != num:
+            raise ValueError(f"need one prompt, or one per video: {num} videos but {len(prompts)} prompts")
+        from .text import TextEncoder
+
+        text = TextEncoder()(prompts).to(device)
+        cond["text"], uncond["text"] = text, text
+        cond["text_mask"] = torch.ones(num, 1, dtype=torch.bool, device=device)
+        uncond["text_mask"] = torch.zeros(num, 1, dtype=torch.bool, device=device)
+    return cond, uncond
+
+
+def _rows(inputs: dict, start: int, n: int) -> dict:
+    return {k: v[start:start + n] if isinstance(v, Tensor) else v for k, v in inputs.items()}
+
+
+def conditioned_denoiser(model: nn.Module, cfg: RunConfig, cond: dict, uncond: dict, guidance: float) -> Denoise:
+    """The sampler contract denoise(z, t) -> x̂ for one batch: the network, its schedule, and CFG if w > 0."""
+    denoiser = Denoiser(model, build_schedule(cfg.diffusion), cfg.diffusion.prediction)
+    if guidance > 0 and cond:
+        return ClassifierFreeGuidance(denoiser, cond, uncond, guidance)
+    return Conditioned(denoiser, cond)
+
+
+def run_sampler(denoise: Denoise, noise: Tensor, cfg: RunConfig, *, steps: Optional[int] = None,
+                sampler: Optional[str] = None, generator: Optional[torch.Generator] = None,
+                progress: bool = False) -> Tensor:
+    """Run the configured sampler (sample.sampler/steps/eta/gamma, overridable) from `noise`."""
+    s = cfg.sample
+    steps, sampler = steps or s.steps, sampler or s.sampler
+    schedule = build_schedule(cfg.diffusion)
+    if sampler == "ddim":
+        return sample_ddim(denoise, noise, schedule, steps, eta=s.eta, generator=generator, progress=progress)
+    if sampler == "ancestral":
+        return sample_ancestral(denoise, noise, schedule, steps, gamma=s.gamma, generator=generator, progress=progress)
+    raise ValueError(f"sampler must be 'ddim' or 'ancestral'; got {sampler!r}")
+
+
 @torch.no_grad()
 def generate(model: nn.Module, cfg: RunConfig, num: int, *, steps: Optional[int] = None, sampler: Optional[str] = None,
              guidance: Optional[float] = None, seed: Optional[int] = None, labels: Optional[Tensor] = None,
-             frames: Optional[int] = None, device: Optional[torch.device] = None, progress: bool = False,
-             batch_size: int = 16) -> Tensor:
+             prompts: Optional[Sequence[str]] = None, frames: Optional[int] = None,
+             device: Optional[torch.device] = None, progress: bool = False, batch_size: int = 16) -> Tensor:
     """Sample `num` videos (num, C, F, H, W) in [-1, 1] with the run's sampler settings (overridable).
 
-    Class-conditional models sample random classes unless `labels` is given; with guidance w > 0
-    the classifier-free guidance wrapper pairs each label with the null class.
+    Class-conditional models sample random classes unless `labels` is given; text-conditional
+    models take `prompts` (one for all, or one per video). With guidance w > 0 classifier-free
+    guidance pairs each condition with the null one.
     """
-    s = cfg.sample
-    steps, sampler = steps or s.steps, sampler or s.sampler
-    guidance = s.guidance if guidance is None else guidance
-    seed = s.seed if seed is None else seed
+    guidance = cfg.sample.guidance if guidance is None else guidance
+    seed = cfg.sample.seed if seed is None else seed
     device = device or next(model.parameters()).device
     frames = frames or cfg.data.frames
-    schedule = build_schedule(cfg.diffusion)
-    denoiser = Denoiser(model, schedule, cfg.diffusion.prediction)
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    null = getattr(model, "null_class", None)
-    if null is not None and labels is None:
-        labels = torch.randint(0, null, (num,), generator=torch.Generator().manual_seed(seed))
+    cond, uncond = conditioning(model, num, labels=labels, prompts=prompts, seed=seed, device=device)
     out = []
     for start in range(0, num, batch_size):
         n = min(batch_size, num - start)
         noise = torch.randn((n, cfg.data.channels, frames, cfg.data.height, cfg.data.width), generator=gen, device=device)
-        if null is not None:
-            lab = labels[start:start + n].to(device)
-            cond = {"labels": lab}
-            denoise = (ClassifierFreeGuidance(denoiser, cond, {"labels": torch.full_like(lab, null)}, guidance)
-                       if guidance > 0 else Conditioned(denoiser, cond))
-        else:
-            denoise = Conditioned(denoiser)
-        if sampler == "ddim":
-            video = sample_ddim(denoise, noise, schedule, steps, eta=s.eta, generator=gen, progress=progress)
-        else:
-            video = sample_ancestral(denoise, noise, schedule, steps, gamma=s.gamma, generator=gen, progress=progress)
-        out.append(video.float().cpu())
+        denoise = conditioned_denoiser(model, cfg, _rows(cond, start, n), _rows(uncond, start, n), guidance)
+        out.append(run_sampler(denoise, noise, cfg, steps=steps, sampler=sampler, generator=gen,
+                               progress=progress).float().cpu())
     model.train(was_training)
     return torch.cat(out).clamp(-1, 1)
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["MovingDigits", "digit_images"]
+__all__ = ["MovingDigits", "digit_images", "caption", "direction_word"]
 
 _SPLITS = {"train": 0, "test": 1}
 
@@ -41,7 +41,8 @@ class MovingDigits(Dataset):
 
     Item: {"video": float32 (1, F, H, W) in [-1, 1], "label": class of the first digit,
     "digits": (N,) classes, "velocity": (N, 2) pixels/frame (dy, dx), "positions": (N, F, 2)
-    top-left corners, "source": (N,) index of the source image within its split}.
+    top-left corners, "source": (N,) index of the source image within its split, "caption": a
+    sentence such as "a 3 moving left and a 7 moving down" (for text conditioning)}.
     """
 
     channels = 1
@@ -100,4 +101,21 @@ class MovingDigits(Dataset):
             "velocity": torch.tensor(np.stack(velocities), dtype=torch.float32),
             "positions": torch.tensor(np.stack(positions), dtype=torch.float32),
             "source": torch.from_numpy(sources),
+            "caption": caption(self.labels[sources].tolist(), velocities),
         }
+
+
+_DIRECTIONS = ("right", "up and right", "up", "up and left", "left", "down and left", "down", "down and right")
+
+
+def direction_word(velocity: Sequence[float]) -> str:
+    """One of eight compass words for a velocity (dy, dx) in image coordinates (y grows downwards)."""
+    dy, dx = float(velocity[0]), float(velocity[1])
+    angle = np.degrees(np.arctan2(-dy, dx)) % 360.0
+    return _DIRECTIONS[int(((angle + 22.5) % 360.0) // 45.0)]
+
+
+def caption(digits: Sequence[int], velocities: Sequence[Sequence[float]]) -> str:
+    """"a 3 moving left and a 7 moving down": each digit with the direction of its initial velocity."""
+    parts = [f"{'an' if int(d) == 8 else 'a'} {int(d)} moving {direction_word(v)}" for d, v in zip(digits, velocities)]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]

@@ -177,6 +177,11 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
                         pin_memory=device.type == "cuda", generator=torch.Generator(),  # leaves the global RNG alone
                         persistent_workers=cfg.data.num_workers > 0)
     batch_iter = iter(loader)
+    text_encoder = None
+    if tc.text_conditional:
+        from ..text import TextEncoder
+
+        text_encoder = TextEncoder()
 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -226,6 +231,10 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
                 labels = batch["label"].to(device)
                 drop = torch.rand(labels.shape, generator=gen, device=device) < tc.label_dropout
                 cond["labels"] = torch.where(drop, torch.full_like(labels, model.null_class), labels)
+            if text_encoder is not None:
+                cond["text"] = text_encoder(batch["caption"]).to(device)
+                keep = torch.rand(len(batch["caption"]), generator=gen, device=device) >= tc.text_dropout
+                cond["text_mask"] = keep[:, None]  # a dropped caption is the null text
             sync = net.no_sync() if world > 1 and k < tc.grad_accum - 1 else nullcontext()
             with sync:
                 loss = diffusion_loss(network, schedule, x, prediction=cfg.diffusion.prediction,
