@@ -60,7 +60,20 @@ def test_predict_keeps_the_context_and_only_calls_the_model_on_clip_length_windo
     assert out[:, :, 3:].abs().sum() > 0 and bool(out.isfinite().all())
 
 
-def test_window_plan_for_extension_and_infilling():
+def test_window_plans():
+    plan = tasks.plan_windows([True] * 3 + [False] * 6, window=4, overlap=2)
+    assert [(w.start, w.known, w.new) for w in plan] == [(1, (0, 1), (3, 4)), (3, (0, 1), (5, 6)), (5, (0, 1), (7, 8))]
+    # in-filling keeps only frames that lie between two known ones
+    plan = tasks.plan_windows([i % 3 == 0 for i in range(7)], window=4, overlap=1)
+    assert [(w.start, w.known, w.new) for w in plan] == [(0, (0, 3), (1, 2)), (3, (0, 3), (4, 5))]
+    # nothing known: the first window is a plain sample
+    assert [(w.start, w.known, w.new) for w in tasks.plan_windows([False] * 6, 4, 2)] == [(0, (), (0, 1, 2, 3)),
+                                                                                         (2, (0, 1), (4, 5))]
+    with pytest.raises(ValueError, match="cannot be in-filled"):
+        tasks.plan_windows([True] + [False] * 5 + [True], window=4, overlap=1)
+
+
+def test_frameskip_plans_a_coarse_pass_then_infilling():
     cfg = _cfg()
     calls = []
 

@@ -18,6 +18,7 @@ wrappers compose with the CFG wrapper.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -27,7 +28,7 @@ from .config import RunConfig
 from .diffusion import ReconstructionGuidance, Replacement, SuperResolutionGuidance
 from .pipeline import build_schedule, conditioned_denoiser, conditioning, run_sampler
 
-__all__ = ["fill_frames", "predict", "extend", "interpolate", "upsample", "check_clip", "METHODS"]
+__all__ = ["fill_frames", "plan_windows", "Window", "predict", "extend", "interpolate", "upsample", "check_clip", "METHODS"]
 
 METHODS = ("reconstruction", "replacement")
 DEFAULT_WEIGHT = 5.0  # w_r; see benchmarks/conditional.py for the measured choice
@@ -57,6 +58,44 @@ def _check_method(method: str, weight: float) -> None:
         raise ValueError(f"reconstruction guidance weight must be a finite number >= 0; got {weight}")
 
 
+@dataclass(frozen=True)
+class Window:
+    """One sampling window: it starts at frame `start`, is conditioned on the frames `known`
+    (indices within the window) and keeps the frames `new` (indices within the video)."""
+
+    start: int
+    known: tuple[int, ...]
+    new: tuple[int, ...]
+
+
+def plan_windows(known: Sequence[bool] | Tensor, window: int, overlap: int) -> list[Window]:
+    """The windows `fill_frames` samples, in order, for a known-frame mask (T,).
+
+    Each window starts `overlap` frames before the first unknown frame (clamped to the video).
+    When known frames follow the window (in-filling), only frames up to the last known one inside
+    it are kept, so every generated frame lies between two known ones.
+    """
+    known = torch.as_tensor(known, dtype=torch.bool).clone()
+    T = len(known)
+    window = min(window, T)
+    plan = []
+    while not bool(known.all()):
+        first = int((~known).nonzero()[0])
+        start = max(0, min(first - overlap, T - window))
+        inside = known[start:start + window].nonzero().flatten().tolist()
+        end = start + window
+        if bool(known[end:].any()):
+            end = start + max(inside, default=-1) + 1
+        if end <= first:
+            raise ValueError(f"frames {first}…{T - 1}: no known frame within the {window}-frame window after frame "
+                             f"{first}, so it cannot be in-filled; use a larger window or fewer frames between "
+                             "known ones")
+        new = tuple(i for i in range(start, end) if not known[i])
+        plan.append(Window(start, tuple(inside), new))
+        known[start:end] = True
+    return plan
+
+
 @torch.no_grad()
 def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence[bool] | Tensor, *,
                 method: str = "reconstruction", weight: float = DEFAULT_WEIGHT, overlap: Optional[int] = None,
@@ -66,11 +105,9 @@ def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence
                 window: Optional[int] = None, progress: bool = False) -> Tensor:
     """Sample the frames of `video` (B, C, T, H, W) where `known` (T,) is False, keep the others.
 
-    Windows of `window` frames (default: the training clip length) are placed so that each starts
-    `overlap` known frames before the first unknown frame (default: half a window). Inside a window
-    every known frame conditions the sample. If known frames lie beyond the window (in-filling),
-    only the frames up to the last known one in the window are kept, so that every generated frame
-    was generated between two known frames. `low_res` (B, C, T, h, w) adds super-resolution
+    Windows of `window` frames (default: the training clip length; planned by `plan_windows`)
+    start `overlap` frames before the first unknown frame (default: half a window); inside a
+    window every known frame conditions the sample. `low_res` (B, C, T, h, w) adds super-resolution
     guidance with weight `sr_weight`; then the known frames in a window are imposed by replacement.
     """
     _check_method(method, weight)
@@ -96,33 +133,21 @@ def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence
     was_training = model.training
     model.eval()
     out = video.to(device=device, dtype=torch.float32).clone()
-    while not bool(known.all()):
-        first = int((~known).nonzero()[0])
-        start = max(0, min(first - overlap, T - window))
-        span = slice(start, start + window)
-        positions = known[span].nonzero().flatten().tolist()
+    for win in plan_windows(known, window, overlap):
+        span = slice(win.start, win.start + window)
         denoise = conditioned_denoiser(model, cfg, cond, uncond, guidance)
-        if positions:
-            frames = out[:, :, span][:, :, positions]
+        if win.known:
+            frames = out[:, :, span][:, :, list(win.known)]
             if low_res is not None or method == "replacement" or weight == 0:
-                denoise = Replacement(denoise, schedule, frames, positions, generator=gen)
+                denoise = Replacement(denoise, schedule, frames, win.known, generator=gen)
             else:
-                denoise = ReconstructionGuidance(denoise, schedule, frames, positions, weight, generator=gen)
+                denoise = ReconstructionGuidance(denoise, schedule, frames, win.known, weight, generator=gen)
         if low_res is not None:
             denoise = SuperResolutionGuidance(denoise, schedule, low_res[:, :, span].to(device), sr_weight)
         noise = torch.randn(out[:, :, span].shape, generator=gen, device=device)
         sample = run_sampler(denoise, noise, cfg, steps=steps, sampler=sampler, generator=gen, progress=progress)
-        # Keep frames up to the last known one when known frames follow the window (in-filling).
-        end = start + window
-        if bool(known[end:].any()):
-            end = start + max(positions, default=-1) + 1
-        if end <= first:
-            raise ValueError(f"frames {first}…{T - 1}: no known frame within the {window}-frame window after frame "
-                             f"{first}, so it cannot be in-filled; use a larger window or fewer frames between "
-                             "known ones")
-        fresh = ~known[start:end]
-        out[:, :, start:end][:, :, fresh] = sample[:, :, : end - start][:, :, fresh].float()
-        known[start:end] = True
+        new = [i - win.start for i in win.new]
+        out[:, :, list(win.new)] = sample[:, :, new].float()
     model.train(was_training)
     return out.clamp(-1, 1).cpu()
 
