@@ -123,9 +123,11 @@ class SampleConfig:
     guidance: float = 0.0
     seed: int = 0
     fps: float = 8.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto: the network's autocast format while sampling
 
     def __post_init__(self) -> None:
         _choice("sample.sampler", self.sampler, ("ddim", "ancestral"))
+        _choice("sample.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
 
 
 @dataclass

@@ -26,6 +26,7 @@ from .diffusion import (
 )
 from .diffusion.parameterization import output_channels
 from .models import UNet3D
+from .precision import autocast, resolve_precision
 
 __all__ = ["build_schedule", "build_model", "build_dataset", "generate", "load_model", "conditioning",
            "conditioned_denoiser", "run_sampler", "NUM_DIGIT_CLASSES"]
@@ -154,11 +155,13 @@ def run_sampler(denoise: Denoise, noise: Tensor, cfg: RunConfig, *, steps: Optio
     s = cfg.sample
     steps, sampler = steps or s.steps, sampler or s.sampler
     schedule = build_schedule(cfg.diffusion)
-    if sampler == "ddim":
-        return sample_ddim(denoise, noise, schedule, steps, eta=s.eta, generator=generator, progress=progress)
-    if sampler == "ancestral":
+    if sampler not in ("ddim", "ancestral"):
+        raise ValueError(f"sampler must be 'ddim' or 'ancestral'; got {sampler!r}")
+    # Only the network runs in the autocast format: Denoiser returns x̂ in z's dtype (fp32).
+    with autocast(resolve_precision(s.precision, noise.device), noise.device):
+        if sampler == "ddim":
+            return sample_ddim(denoise, noise, schedule, steps, eta=s.eta, generator=generator, progress=progress)
         return sample_ancestral(denoise, noise, schedule, steps, gamma=s.gamma, generator=generator, progress=progress)
-    raise ValueError(f"sampler must be 'ddim' or 'ancestral'; got {sampler!r}")
 
 
 @torch.no_grad()

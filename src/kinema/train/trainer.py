@@ -29,6 +29,7 @@ from ..data import ResumableBatchSampler
 from ..diffusion import diffusion_loss
 from ..media import to_uint8, write_videos
 from ..pipeline import build_dataset, build_model, build_schedule, generate
+from ..precision import autocast, resolve_precision
 from .checkpoint import (
     latest_checkpoint,
     load_optimizer_state,
@@ -54,17 +55,6 @@ class TrainResult:
     stopped_by: str  # "steps" | "time limit"
     model: Optional[torch.nn.Module] = None  # the trained network (not the EMA) of this process
     ema: Optional[torch.nn.Module] = None
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" is bf16 on CUDA devices that support it (else fp16), and on CPUs with AVX-512
-    (where bf16 matrix products are fast); fp32 on other CPUs, where bf16 is emulated."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else ""
-    return "bf16" if "AVX512" in capability.upper() else "fp32"
 
 
 def _distributed() -> tuple[int, int, torch.device]:
@@ -187,11 +177,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.toml")
     log = _Log(run_dir, is_main, step)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-                if precision in ("bf16", "fp16") else nullcontext())
-
     def network(z, level, **cond):
-        with autocast:
+        with autocast(precision, device):
             return net(z, level, **cond)
 
     def checkpoint() -> Optional[Path]:
