@@ -7,13 +7,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
+from test_train import micro
 
 from kinema.cli import main
 from kinema.config import DataConfig
 from kinema.eval.i3d import InceptionI3d
 from kinema.evaluate import reference_clips, score
 from kinema.train import train
-from test_train import micro
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def test_eval_writes_json_and_html(run):
 
 def test_eval_scores_saved_samples_with_fvd(run, i3d_weights, tmp_path):
     samples = tmp_path / "s.npz"
-    assert CliRunner().invoke(main, ["sample", str(run), "--num", "3", "--steps", "2", "--out", str(samples)]).exit_code == 0
+    result = CliRunner().invoke(main, ["sample", str(run), "--num", "3", "--steps", "2", "--out", str(samples)])
+    assert result.exit_code == 0
     result = CliRunner().invoke(main, ["eval", str(run), "--samples", str(samples), "--num", "3", "--quiet",
                                        "--fvd-weights", str(i3d_weights), "--out", str(tmp_path / "ev")])
     assert result.exit_code == 0, result.output

@@ -117,8 +117,8 @@ def test_ssim_closed_forms_and_data_range():
         a, b = 0.3, -0.2
         c1 = (0.01 * data_range) ** 2
         expected = (2 * a * b + c1) / (a * a + b * b + c1)
-        got = ssim(torch.full((1, 1, 12, 12), a, dtype=torch.float64), torch.full((1, 1, 12, 12), b, dtype=torch.float64),
-                   data_range=data_range)
+        frame_a, frame_b = (torch.full((1, 1, 12, 12), v, dtype=torch.float64) for v in (a, b))
+        got = ssim(frame_a, frame_b, data_range=data_range)
         assert got.item() == pytest.approx(expected, rel=1e-12)
     noisy = x + 0.1 * torch.randn_like(x)
     assert (ssim(noisy, x, data_range=2.0) != ssim(noisy, x, data_range=1.0)).all()

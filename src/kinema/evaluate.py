@@ -52,7 +52,8 @@ def load_samples(path: str | Path, channels: int) -> Tensor:
         raise FileNotFoundError(f"{path}: no such samples file")
     with np.load(path) as f:
         if "videos" not in f:
-            raise ValueError(f"{path}: expected an array 'videos' (N, F, H, W, C) as `kinema sample --out X.npz` writes")
+            raise ValueError(f"{path}: expected an array 'videos' (N, F, H, W, C), "
+                             "as `kinema sample --out X.npz` writes")
         raw = f["videos"]
     if raw.ndim != 5 or raw.dtype != np.uint8:
         raise ValueError(f"{path}: 'videos' must be uint8 (N, F, H, W, C); got {raw.dtype} {raw.shape}")
@@ -175,7 +176,8 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
         "step": step,
         "num": num,
         "sampling": sampling,
-        "reference": {"dataset": data.dataset, "path": data.path, "split": split if data.dataset == "moving-digits" else None,
+        "reference": {"dataset": data.dataset, "path": data.path,
+                      "split": split if data.dataset == "moving-digits" else None,
                       "num": len(real), "frames": data.frames, "height": data.height, "width": data.width,
                       "channels": data.channels, "num_digits": data.num_digits, "seed": data.seed},
         "metrics": metrics,

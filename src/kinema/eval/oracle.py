@@ -38,7 +38,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .digit_classifier import DigitNet, load_digit_classifier, resize_patches, square_patch
