@@ -11,7 +11,8 @@ from safetensors import safe_open
 from kinema.data import MovingDigits
 from kinema.eval import DigitOracle
 from kinema.eval.corruptions import corrupt, format_table, validation_table
-from kinema.eval.digit_classifier import RECIPE, TEST_SIZES, WEIGHTS_PATH, held_out_accuracy, load_digit_classifier
+from kinema.eval.digit_classifier import (RECIPE, TEST_SIZES, WEIGHTS_PATH, held_out_accuracy, load_digit_classifier,
+                                         train_digit_classifier)
 from kinema.eval.oracle import label_components
 
 
@@ -23,6 +24,11 @@ def test_classifier_reaches_97_percent_on_the_held_out_split():
         meta = f.metadata()
     assert meta["recipe"] == RECIPE and "python -m kinema.eval.digit_classifier" in meta["command"]
     assert json.loads(meta["test_accuracy"]) == pytest.approx(accuracy, abs=0.01)
+
+
+def test_the_rebuild_recipe_trains_a_classifier():
+    model = train_digit_classifier(copies=2, epochs=4, sizes=(10, 14, 20), progress=False)
+    assert held_out_accuracy(model, sizes=(14,))["14"] >= 0.9
 
 
 def test_components_match_scipy():

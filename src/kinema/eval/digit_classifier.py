@@ -132,12 +132,12 @@ def _noisy(crops: Tensor, g: torch.Generator) -> Tensor:
     return (crops + sigma * torch.randn(crops.shape, generator=g) * on_digit).clamp(0, 1)
 
 
-def _training_set(copies: int, seed: int) -> tuple[Tensor, Tensor]:
+def _training_set(copies: int, seed: int, sizes=TRAIN_SIZES) -> tuple[Tensor, Tensor]:
     from ..data.moving_digits import digit_images
 
     g = torch.Generator().manual_seed(seed)
     xs, ys = [], []
-    for size in TRAIN_SIZES:
+    for size in sizes:
         images, labels = digit_images("train", size)
         images = torch.from_numpy(images)
         for _ in range(copies):
@@ -149,11 +149,11 @@ def _training_set(copies: int, seed: int) -> tuple[Tensor, Tensor]:
 
 
 def train_digit_classifier(copies: int = 2, epochs: int = 6, batch_size: int = 256, lr: float = 3e-3,
-                           seed: int = 0, progress: bool = True) -> DigitNet:
-    """Train DigitNet on augmented crops of the train split (25 sizes × `copies` augmentations per image)."""
+                           seed: int = 0, sizes=TRAIN_SIZES, progress: bool = True) -> DigitNet:
+    """Train DigitNet on augmented crops of the train split (`copies` augmentations per image and digit size)."""
     from tqdm.auto import tqdm
 
-    x, y = _training_set(copies, seed)
+    x, y = _training_set(copies, seed, sizes)
     torch.manual_seed(seed)
     model = DigitNet()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
