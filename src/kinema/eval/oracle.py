@@ -8,20 +8,23 @@ off the walls — so we measure that directly, offline, with the shipped digit c
 1. Every frame is segmented into digits: pixels brighter than `threshold` (in [0, 1]), grouped into
    8-connected components; components smaller than `min_pixels` are noise and ignored.
 2. Each digit is cropped, classified (class, confidence) and embedded (32 features), and located by its
-   intensity-weighted centroid. For several digits, digits are linked frame to frame by the assignment that
-   minimises the total centroid distance, wherever every digit is seen separately.
+   intensity-weighted centroid. Ink wider or taller than `digit_size + 2` is overlapping digits (counted as
+   ⌈extent / (digit_size + 2)⌉ of them, neither classified nor tracked). For several digits, digits are linked
+   frame to frame by the assignment that minimises the total centroid distance, wherever every digit is seen
+   on its own.
 
 Metrics, each a fraction in [0, 1] (higher is better) — see `OracleResult`:
 
-* recognisability — frames in which at least one digit is found and every digit found is classified with
-  confidence ≥ `confidence`;
+* recognisability — per frame, the fraction of its digits (those seen on their own, not overlapping another)
+  classified with confidence ≥ `confidence`, 0 for a frame without any; averaged over frames;
 * identity consistency — videos whose digits keep their classes: the sorted classes are the same in every frame
   in which all `num_digits` digits are seen separately (at least half of the frames), and no track changes class;
 * count consistency — videos with the same number of digits in every frame (count accuracy: frames with
   exactly `num_digits` digits);
 * motion plausibility — videos whose every track moves like a Moving Digit: along each axis the speed is
   constant (±1 pixel of rounding) except on steps that touch a wall, a step never moves faster than that
-  speed, the direction reverses only next to a wall, and the speed lies in the data's range;
+  speed, the direction reverses only next to a wall, and the speed lies in the data's range (clips of fewer
+  than 3 frames are not judged);
 * the oracle Fréchet distance (`clip_features`, `frechet`) between the Gaussians of per-clip features: the
   mean classifier embedding, how far the embedding moves from frame to frame, the centroid's speed and
   acceleration, and the digit count.
