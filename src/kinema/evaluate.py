@@ -61,10 +61,14 @@ def load_samples(path: str | Path, channels: int) -> Tensor:
     return torch.from_numpy(raw).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
 
-def score(samples: Tensor, real: Tensor, data: DataConfig, *, real_baseline: Optional[Tensor] = None,
+def score(samples: Tensor, real: Tensor, data: DataConfig, *, real_baseline: Optional[Tensor | np.ndarray] = None,
           fvd_weights: Optional[str | Path] = None, device: Optional[torch.device] = None, batch_size: int = 8,
           progress: bool = False) -> dict:
-    """Every metric that applies: the Moving Digits oracle (grey Moving Digits data) and FVD (with weights)."""
+    """Every metric that applies: the Moving Digits oracle (grey Moving Digits data) and FVD (with weights).
+
+    samples, real: (N, C, F, H, W) in [-1, 1]. real_baseline: other real clips (or their oracle `clip_features`)
+    for the oracle distance's real-vs-real noise floor.
+    """
     if samples.shape[1:] != real.shape[1:]:
         raise ValueError(f"samples {tuple(samples.shape[1:])} and real clips {tuple(real.shape[1:])} differ in shape")
     metrics: dict = {}
