@@ -52,9 +52,9 @@ def test_eval_writes_json_and_html(run):
 
 def test_eval_scores_saved_samples_with_fvd(run, i3d_weights, tmp_path):
     samples = tmp_path / "s.npz"
-    result = CliRunner().invoke(main, ["sample", str(run), "--num", "3", "--steps", "2", "--out", str(samples)])
+    result = CliRunner().invoke(main, ["sample", str(run), "--num", "2", "--steps", "2", "--out", str(samples)])
     assert result.exit_code == 0
-    result = CliRunner().invoke(main, ["eval", str(run), "--samples", str(samples), "--num", "3", "--quiet",
+    result = CliRunner().invoke(main, ["eval", str(run), "--samples", str(samples), "--num", "2", "--quiet",
                                        "--fvd-weights", str(i3d_weights), "--out", str(tmp_path / "ev")])
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "ev" / "eval.json").read_text())
@@ -64,12 +64,15 @@ def test_eval_scores_saved_samples_with_fvd(run, i3d_weights, tmp_path):
     assert "FVD4 =" in result.output
 
 
-def test_fvd_of_identical_sets_is_zero(i3d_weights):
+def test_scoring_real_clips_against_themselves():
     data = DataConfig(frames=4, height=16, width=16, digit_size=8)
-    real = reference_clips(data, "test", 3)
-    metrics = score(real, real, data, fvd_weights=i3d_weights)
-    assert abs(metrics["fvd"]["value"]) < 1e-6
-    assert metrics["oracle"]["fd"] == pytest.approx(0, abs=1e-5)  # rank-2 covariances: √ of rounding errors
+    real = reference_clips(data, "test", 6)
+    metrics = score(real, real, data, real_baseline=reference_clips(data, "test", 6, offset=6))
+    oracle = metrics["oracle"]
+    assert oracle["samples"] == oracle["real"] and oracle["real"]["identity_consistency"] == 1.0
+    assert oracle["fd"] == pytest.approx(0, abs=1e-5)  # rank-5 covariances: the square root of rounding errors
+    assert oracle["fd_real_vs_real"] > 0.01
+    assert metrics["fvd"]["value"] is None
 
 
 def test_eval_errors_are_one_clear_line(run, tmp_path):

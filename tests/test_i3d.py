@@ -55,7 +55,7 @@ def test_loads_a_state_dict_it_saved(net, tmp_path, suffix):
         save_file(state, str(path))
     loaded = load_i3d(path)
     assert not loaded.training
-    x = torch.rand(1, 3, 8, 64, 64) * 2 - 1
+    x = torch.rand(1, 3, 4, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
 
@@ -89,5 +89,5 @@ def test_preprocessing_resizes_quantises_and_takes_16_frames(net):
     # an 8-bit value survives the quantisation exactly; a constant frame stays constant after resizing
     level = torch.full((1, 1, 2, 16, 16), 100 / 127.5 - 1)
     assert torch.allclose(i3d_inputs(level), torch.full((1, 3, 2, 224, 224), 100 / 127.5 - 1), atol=1e-6)
-    feats = i3d_features(net, torch.rand(3, 1, 4, 16, 16) * 2 - 1, batch_size=2, size=64)
+    feats = i3d_features(net, torch.rand(3, 1, 4, 16, 16) * 2 - 1, batch_size=2, size=32)
     assert feats.shape == (3, 400)

@@ -27,8 +27,9 @@ def test_classifier_reaches_97_percent_on_the_held_out_split():
 
 
 def test_the_rebuild_recipe_trains_a_classifier():
-    model = train_digit_classifier(copies=2, epochs=4, sizes=(10, 14, 20), progress=False)
-    assert held_out_accuracy(model, sizes=(14,))["14"] >= 0.9
+    # a short run of the recipe (the shipped weights use 25 sizes, 2 copies, 6 epochs); size 14 is not trained on
+    model = train_digit_classifier(copies=2, epochs=3, sizes=(12, 16), progress=False)
+    assert held_out_accuracy(model, sizes=(14,))["14"] >= 0.85
 
 
 def test_components_match_scipy():
