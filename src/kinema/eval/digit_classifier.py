@@ -7,9 +7,10 @@ training images and every frame the oracle reads, so the classifier sees one kin
 Training set: the *train* split of scikit-learn's bundled digits (the images Moving Digits draws from), upscaled
 to every size from 8 to 32 pixels, with random affine jitter, brightness, blur and pixel noise. The held-out
 *test* split is only scored, never used for any choice. The weights ship as `digit_classifier.safetensors`
-(≈130 kB) next to this file, and this command rebuilds them deterministically (about a minute on 2 CPU cores):
+(≈130 kB) next to this file; this command rebuilds them, bit for bit with one thread as they were made (about a
+minute on one core):
 
-    python -m kinema.eval.digit_classifier [--out PATH]
+    OMP_NUM_THREADS=1 python -m kinema.eval.digit_classifier [--out PATH]
 """
 
 from __future__ import annotations
