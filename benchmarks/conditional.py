@@ -71,7 +71,7 @@ def main() -> None:
     cfg, model = load_model(args.run)
     d = cfg.data
     overlap = args.overlap or d.frames // 2
-    oracle = DigitOracle()
+    oracle = DigitOracle(d.num_digits, d.digit_size, (d.speed_min, d.speed_max))
     results: dict = {"run": str(args.run), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
                      "torch": torch.__version__, "num": args.num, "length": args.length, "clip_frames": d.frames,
                      "overlap": overlap, "steps": args.steps, "sampler": cfg.sample.sampler, "prediction": []}

@@ -41,7 +41,7 @@ def main() -> None:
     d = cfg.data
     real_ds = MovingDigits("test", d.frames, d.height, d.num_digits, d.digit_size, (d.speed_min, d.speed_max))
     real = torch.stack([real_ds[i]["video"] for i in range(len(samples))])
-    oracle = DigitOracle()
+    oracle = DigitOracle(d.num_digits, d.digit_size, (d.speed_min, d.speed_max))
     s_kept, s_adj = scores(oracle, samples)
     r_kept, r_adj = scores(oracle, real)
     print(f"N = {len(samples)} videos of {d.frames}x{d.height}x{d.width}")

@@ -8,8 +8,7 @@ torch.utils.flop_counter on one forward + backward; utilisation is against this 
 matrix-product peaks (set --peak-fp32 / --peak-bf16 for another machine).
 
 The peer is optional: `pip install --no-deps video-diffusion-pytorch==0.7.0 rotary-embedding-torch
-einops-exts`. It imports torchvision at module level (there is no CPU torchvision build here), so a
-minimal stand-in module is placed in sys.modules before importing it; nothing benchmarked uses it.
+einops-exts`; benchmarks/_peer.py imports it behind a torchvision stand-in (there is no CPU torchvision build here).
 """
 
 from __future__ import annotations
@@ -21,23 +20,15 @@ import resource
 import subprocess
 import sys
 import time
-import types
 
 import torch
+from _peer import PEER_INSTALL, import_peer, peer_available  # benchmarks/_peer.py
 
 CONFIGS = {
     "kinema-tiny": "kinema tiny preset",
     "kinema-matched": "kinema, peer-matched: base 32, mults (1,2,4), 2 blocks/level, attention at every level",
     "peer": "video-diffusion-pytorch 0.7.0 Unet3D(dim=32, dim_mults=(1,2,4))",
 }
-
-
-def _stub_torchvision() -> None:
-    tv = types.ModuleType("torchvision")
-    tv.transforms = types.ModuleType("torchvision.transforms")
-    tv.transforms.ToTensor = lambda: None  # evaluated as a default argument at import; never called here
-    tv.utils = types.ModuleType("torchvision.utils")
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.utils": tv.utils})
 
 
 def build(name: str):
@@ -52,20 +43,8 @@ def build(name: str):
                                attention_levels=(0, 1, 2), head_dim=32)
         model = UNet3D(cfg)
         return model, lambda z, level: model(z, level)
-    _stub_torchvision()
-    from video_diffusion_pytorch import Unet3D
-
-    model = Unet3D(dim=32, dim_mults=(1, 2, 4))
+    model = import_peer().Unet3D(dim=32, dim_mults=(1, 2, 4))
     return model, lambda z, level: model(z, level * 1000)
-
-
-def peer_available() -> bool:
-    try:
-        _stub_torchvision()
-        import video_diffusion_pytorch  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 def measure(name: str, batch: int, frames: int, size: int, repeats: int, bf16: bool) -> dict:
@@ -132,7 +111,7 @@ def main() -> None:
     if peer_available():
         runs += [("peer", False), ("peer", True)]
     else:
-        print("peer not installed: pip install --no-deps video-diffusion-pytorch==0.7.0 rotary-embedding-torch einops-exts")
+        print(f"peer not installed: {PEER_INSTALL}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
           f"batch {args.batch} of 3x{args.frames}x{args.size}x{args.size}; median of {args.repeats}")
     results = []

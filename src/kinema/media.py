@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "read_video", "read_clips", "to_uint8", "tile_videos", "write_videos"]
+__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "read_video", "read_clips", "to_uint8", "tile_videos", "write_videos",
+           "frame_strip"]
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif", ".avi", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -105,6 +106,17 @@ def tile_videos(videos: np.ndarray, columns: Optional[int] = None, pad: int = 2)
         y, x = pad + r * (h + pad), pad + col * (w + pad)
         grid[:, y:y + h, x:x + w] = videos[i]
     return grid
+
+
+def frame_strip(videos: np.ndarray, pad: int = 1) -> np.ndarray:
+    """(N, F, H, W, C) uint8 -> one image (N·(H+pad)+pad, F·(W+pad)+pad, C): a row per video, frames left to right."""
+    n, f, h, w, c = videos.shape
+    out = np.full((n * (h + pad) + pad, f * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        for t in range(f):
+            y, x = pad + i * (h + pad), pad + t * (w + pad)
+            out[y:y + h, x:x + w] = videos[i, t]
+    return out
 
 
 def _write_one(path: Path, frames: np.ndarray, fps: float, scale: int) -> None:

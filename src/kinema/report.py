@@ -13,7 +13,7 @@ import torch
 from .config import load_config
 from .media import to_uint8, write_videos
 
-__all__ = ["write_report", "loss_curve_svg"]
+__all__ = ["write_report", "write_eval_report", "loss_curve_svg"]
 
 
 def loss_curve_svg(steps: list[int], losses: list[float], width: int = 640, height: int = 280) -> str:
@@ -112,3 +112,64 @@ img{{image-rendering:pixelated}} pre{{background:#f6f6f6;padding:1em;overflow:au
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return out
+
+
+_ORACLE_ROWS = [
+    ("recognisability", "recognisability", "frames whose digits are classified with confidence"),
+    ("identity_consistency", "identity consistency", "videos whose digits keep their classes"),
+    ("count_consistency", "count consistency", "videos with the same number of digits in every frame"),
+    ("count_accuracy", "count accuracy", "frames with the data's number of digits"),
+    ("motion_plausibility", "motion plausibility", "videos moving at constant speed, bouncing only at walls"),
+    ("digits_per_frame", "digits per frame", "mean number of digits found"),
+]
+
+
+def write_eval_report(out: Path, result: dict) -> Path:
+    """OUT/eval.html: the metric table of a `kinema eval` result and its sample/real strips."""
+    esc = html.escape
+    metrics, sampling, ref = result["metrics"], result["sampling"], result["reference"]
+    rows = []
+    oracle = metrics.get("oracle", {})
+    if "samples" in oracle:
+        for key, label, meaning in _ORACLE_ROWS:
+            value_s, value_r = oracle["samples"][key], oracle["real"][key]
+            fmt = (lambda v: f"{v:.2f}") if key == "digits_per_frame" else (lambda v: f"{v:.1%}")
+            rows.append(f"<tr><td>{label}</td><td>{fmt(value_s)}</td><td>{fmt(value_r)}</td><td>{esc(meaning)}</td></tr>")
+        floor = oracle.get("fd_real_vs_real")
+        rows.append(f"<tr><td>oracle Fréchet distance</td><td>{oracle['fd']:.3f}</td>"
+                    f"<td>{'' if floor is None else f'{floor:.3f}'}</td>"
+                    "<td>samples vs real; the real column is another real set vs the same (noise floor at this N)</td></tr>")
+    else:
+        rows.append(f"<tr><td>oracle metrics</td><td colspan=3>{esc(oracle.get('note', ''))}</td></tr>")
+    fvd = metrics.get("fvd", {})
+    if fvd.get("value") is not None:
+        rows.append(f"<tr><td>{esc(fvd['name'])}</td><td>{fvd['value']:.2f}</td><td></td>"
+                    f"<td>{esc(fvd['protocol'])}; N = {fvd['num_samples']} samples vs {fvd['num_real']} real</td></tr>")
+    else:
+        rows.append(f"<tr><td>FVD</td><td colspan=3>{esc(fvd.get('note', ''))}</td></tr>")
+    if "samples_file" in sampling:
+        how = f"samples read from {esc(sampling['samples_file'])}"
+    else:
+        how = (f"{esc(str(sampling['sampler']))}, {sampling['steps']} steps, guidance {sampling['guidance']}, "
+               f"seed {sampling['seed']}, {esc(sampling['weights'])} weights, "
+               f"{sampling['seconds_per_video']:.2f} s per video on {esc(sampling['device'])}")
+    figures = "".join(f'<figure><figcaption>{title}</figcaption><img src="{name}_strip.png" alt="{title}"></figure>'
+                      for name, title in (("samples", "Samples (rows), frames left to right"),
+                                          ("real", "Real reference clips")))
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>kinema eval {esc(result['checkpoint'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} figure{{display:inline-block;margin:0 2em 1em 0;vertical-align:top}}
+img{{image-rendering:pixelated}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
+<body><h1>kinema eval</h1>
+<p><code>{esc(result['checkpoint'])}</code> (step {result['step']}); {result['num']} samples: {how}.</p>
+<p>Reference: {ref['num']} real clips of {esc(ref['dataset'])}{' (' + esc(ref['split']) + ' split)' if ref['split'] else ''},
+{ref['frames']}×{ref['height']}×{ref['width']}.</p>
+<h2>Metrics</h2>
+<table><tr><th>metric</th><th>samples</th><th>real</th><th>meaning</th></tr>{''.join(rows)}</table>
+<h2>Videos</h2>{figures}
+<p>Animated: <a href="samples.gif">samples.gif</a>, <a href="real.gif">real.gif</a>; numbers in <a href="eval.json">eval.json</a>.</p>
+</body></html>
+"""
+    path = out / "eval.html"
+    path.write_text(page)
+    return path

@@ -79,23 +79,32 @@ class MovingDigits(Dataset):
                     vel[d] = -vel[d]
         return out, start_vel
 
+    def render(self, sources: Sequence[int], positions: np.ndarray) -> torch.Tensor:
+        """Video (1, F, H, W) in [-1, 1] of this split's digit images `sources` (N,) with top-left corners
+        `positions` (N, F, 2) (rounded to pixels, each within [0, size − digit_size]), composited by maximum."""
+        positions = np.rint(np.asarray(positions)).astype(int)
+        limit, s = self.size - self.digit_size, self.digit_size
+        if positions.ndim != 3 or positions.shape[0] != len(sources) or positions.min() < 0 or positions.max() > limit:
+            raise ValueError(f"positions must be (N, F, 2) within [0, {limit}]; got shape {positions.shape}")
+        canvas = np.zeros((positions.shape[1], self.size, self.size), dtype=np.float32)
+        for src, path in zip(sources, positions):
+            for f, (y, x) in enumerate(path):
+                np.maximum(canvas[f, y:y + s, x:x + s], self.images[src], out=canvas[f, y:y + s, x:x + s])
+        return torch.from_numpy(canvas * 2 - 1)[None]
+
     def __getitem__(self, key) -> dict:
         index = key[0] if isinstance(key, tuple) else key
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for MovingDigits of length {self.length}")
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
-        canvas = np.zeros((self.frames, self.size, self.size), dtype=np.float32)
         sources = rng.integers(0, len(self.images), size=self.num_digits)
         positions, velocities = [], []
-        s = self.digit_size
-        for src in sources:
+        for _ in sources:
             traj, vel = self.trajectory(rng)
-            for f, (y, x) in enumerate(np.rint(traj).astype(int)):
-                np.maximum(canvas[f, y:y + s, x:x + s], self.images[src], out=canvas[f, y:y + s, x:x + s])
             positions.append(traj)
             velocities.append(vel)
         return {
-            "video": torch.from_numpy(canvas * 2 - 1)[None],
+            "video": self.render(sources, np.stack(positions)),
             "label": torch.tensor(self.labels[sources[0]]),
             "digits": torch.from_numpy(self.labels[sources]),
             "velocity": torch.tensor(np.stack(velocities), dtype=torch.float32),

@@ -1,5 +1,8 @@
-"""Evaluation of samples."""
+"""Evaluation of samples: Fréchet distance, FVD (I3D), Moving Digits oracle metrics, PSNR/SSIM."""
 
-from .digits import DigitOracle
+from .frames import BestOfN, best_of_n, psnr, ssim
+from .frechet import FeatureStats, frechet_distance, frechet_distance_from_features
+from .oracle import DigitOracle, OracleResult
 
-__all__ = ["DigitOracle"]
+__all__ = ["DigitOracle", "OracleResult", "FeatureStats", "frechet_distance", "frechet_distance_from_features",
+           "psnr", "ssim", "best_of_n", "BestOfN"]

@@ -1,0 +1,121 @@
+"""Temporal corruptions of real Moving Digits clips, and the table that validates the oracle metrics with them.
+
+Each corruption keeps every frame a clean, recognisable digit image and breaks one temporal property:
+
+* shuffled — the frames in a random order (not the identity);
+* swapped  — from the middle frame on, the first digit is drawn from another source image of another class,
+  on the same path;
+* frozen   — the first digit stays where it is in the first frame;
+* jumping  — from the middle frame on, the first digit continues from another position (at least half a
+  digit away) with the same velocity, bouncing as usual.
+
+A metric validates if real held-out clips score as real and each corruption scores clearly worse on at least
+one temporal metric while recognisability stays high (`validation_table`, `benchmarks/oracle_validation.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.moving_digits import MovingDigits
+from .oracle import DigitOracle
+
+__all__ = ["CORRUPTIONS", "corrupt", "validation_table", "format_table"]
+
+
+def _reflect_path(start: np.ndarray, velocity: np.ndarray, frames: int, limit: float) -> np.ndarray:
+    """Positions (frames, 2) from `start` at `velocity`, reflecting at 0 and `limit` as MovingDigits does."""
+    pos, vel, out = start.astype(float).copy(), velocity.astype(float).copy(), np.empty((frames, 2))
+    for f in range(frames):
+        out[f] = pos
+        pos = pos + vel
+        for d in range(2):
+            while pos[d] < 0 or pos[d] > limit:
+                pos[d] = -pos[d] if pos[d] < 0 else 2 * limit - pos[d]
+                vel[d] = -vel[d]
+    return out
+
+
+def shuffled(ds: MovingDigits, item: dict, rng: np.random.Generator) -> Tensor:
+    f = item["video"].shape[1]
+    order = np.arange(f)
+    while (order == np.arange(f)).all():
+        order = rng.permutation(f)
+    return item["video"][:, torch.from_numpy(order)]
+
+
+def swapped(ds: MovingDigits, item: dict, rng: np.random.Generator) -> Tensor:
+    sources, positions = item["source"].numpy(), item["positions"].numpy()
+    others = np.flatnonzero(ds.labels != ds.labels[sources[0]])
+    other = rng.choice(others)
+    half = positions.shape[1] // 2
+    first = ds.render(sources, positions[:, :half])
+    second = ds.render(np.concatenate([[other], sources[1:]]), positions[:, half:])
+    return torch.cat([first, second], dim=1)
+
+
+def frozen(ds: MovingDigits, item: dict, rng: np.random.Generator) -> Tensor:
+    positions = item["positions"].numpy().copy()
+    positions[0] = positions[0, :1]
+    return ds.render(item["source"].numpy(), positions)
+
+
+def jumping(ds: MovingDigits, item: dict, rng: np.random.Generator) -> Tensor:
+    positions = item["positions"].numpy().copy()
+    f, half, limit = positions.shape[1], positions.shape[1] // 2, ds.size - ds.digit_size
+    # the velocity at the middle frame, after any bounces so far
+    velocity = _reflect_path(positions[0, 0], item["velocity"][0].numpy(), half + 1, limit)
+    velocity = velocity[half] - velocity[half - 1] if half > 0 else item["velocity"][0].numpy()
+    while True:
+        start = rng.uniform(0, limit, size=2)
+        if np.abs(start - positions[0, half]).max() >= max(2.0, ds.digit_size / 2):
+            break
+    positions[0, half:] = _reflect_path(start, velocity, f - half, limit)
+    return ds.render(item["source"].numpy(), positions)
+
+
+CORRUPTIONS: dict[str, Callable[[MovingDigits, dict, np.random.Generator], Tensor]] = {
+    "shuffled": shuffled, "swapped": swapped, "frozen": frozen, "jumping": jumping}
+
+
+def corrupt(ds: MovingDigits, items: list[dict], kind: str, seed: int = 0) -> Tensor:
+    """Corrupted videos (N, 1, F, H, W) of dataset items (from `ds`, which must have drawn them)."""
+    rng = np.random.default_rng(seed)
+    return torch.stack([CORRUPTIONS[kind](ds, item, rng) for item in items])
+
+
+def validation_table(num: int = 256, frames: int = 8, size: int = 32, num_digits: int = 1, digit_size: int = 14,
+                     speed: tuple[float, float] = (1.0, 3.0), seed: int = 0) -> dict[str, dict[str, float]]:
+    """Oracle metrics of `num` real held-out clips and of their corruptions; each row's `oracle_fd` is against
+    `num` other real held-out clips (so the real row's FD is the noise floor at this N)."""
+    ds = MovingDigits("test", frames, size, num_digits, digit_size, speed, seed=seed)
+    items = [ds[i] for i in range(num)]
+    reference = torch.stack([ds[num + i]["video"] for i in range(num)])
+    oracle = DigitOracle(num_digits, digit_size, speed)
+    ref_features = oracle.clip_features(reference)
+    rows = {"real": torch.stack([it["video"] for it in items])}
+    rows.update({kind: corrupt(ds, items, kind, seed) for kind in CORRUPTIONS})
+    table = {}
+    for name, videos in rows.items():
+        det = oracle.detect(videos)
+        table[name] = oracle.evaluate(videos, det).summary()
+        table[name]["oracle_fd"] = oracle.frechet(ref_features, oracle.clip_features(videos, det))
+    return table
+
+
+COLUMNS = [("recognisability", "recognisability"), ("identity_consistency", "identity"),
+           ("count_consistency", "count consistency"), ("motion_plausibility", "motion"), ("oracle_fd", "oracle FD")]
+
+
+def format_table(table: dict[str, dict[str, float]], title: str = "") -> str:
+    """A markdown table: rows = real and the corruptions, columns = the metrics (fractions as %)."""
+    head = f"| {title} | " + " | ".join(label for _, label in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, values in table.items():
+        cells = [f"{values[key]:.2f}" if key == "oracle_fd" else f"{values[key]:.1%}" for key, _ in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""`kinema eval`: sampling a checkpoint, scoring against held-out clips, eval.json + eval.html, clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+from test_train import micro
+
+from kinema.cli import main
+from kinema.config import DataConfig
+from kinema.eval.i3d import InceptionI3d
+from kinema.evaluate import reference_clips, score
+from kinema.train import train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "run"
+    train(micro("train.steps=2"), path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def i3d_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("i3d") / "i3d.safetensors"
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in InceptionI3d().state_dict().items()}, str(path))
+    return path
+
+
+def test_eval_writes_json_and_html(run):
+    result = CliRunner().invoke(main, ["eval", str(run), "--num", "4", "--steps", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "identity_consistency" in result.output and "FVD not computed" in result.output
+    out = run / "eval" / "step_000002"
+    data = json.loads((out / "eval.json").read_text())
+    assert data["num"] == 4 and data["step"] == 2 and data["sampling"]["steps"] == 2
+    assert data["reference"]["split"] == "test" and data["reference"]["num"] == 4
+    oracle = data["metrics"]["oracle"]
+    assert set(oracle["samples"]) == set(oracle["real"]) >= {"recognisability", "identity_consistency",
+                                                             "count_consistency", "motion_plausibility"}
+    assert oracle["real"]["identity_consistency"] == 1.0 and oracle["fd"] >= 0 and oracle["fd_real_vs_real"] >= 0
+    assert data["metrics"]["fvd"]["value"] is None and "--fvd-weights" in data["metrics"]["fvd"]["note"]
+    page = (out / "eval.html").read_text()
+    assert "motion plausibility" in page and "samples_strip.png" in page
+    for name in ("samples_strip.png", "real_strip.png", "samples.gif", "real.gif"):
+        assert (out / name).is_file()
+
+
+def test_eval_scores_saved_samples_with_fvd(run, i3d_weights, tmp_path):
+    samples = tmp_path / "s.npz"
+    result = CliRunner().invoke(main, ["sample", str(run), "--num", "2", "--steps", "2", "--out", str(samples)])
+    assert result.exit_code == 0
+    result = CliRunner().invoke(main, ["eval", str(run), "--samples", str(samples), "--num", "2", "--quiet",
+                                       "--fvd-weights", str(i3d_weights), "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    fvd = data["metrics"]["fvd"]
+    assert fvd["name"] == "FVD4" and fvd["frames"] == 4 and np.isfinite(fvd["value"]) and fvd["value"] > 0
+    assert data["sampling"] == {"samples_file": str(samples)}
+    assert "FVD4 =" in result.output
+
+
+def test_scoring_real_clips_against_themselves():
+    data = DataConfig(frames=4, height=16, width=16, digit_size=8)
+    real = reference_clips(data, "test", 6)
+    metrics = score(real, real, data, real_baseline=reference_clips(data, "test", 6, offset=6))
+    oracle = metrics["oracle"]
+    assert oracle["samples"] == oracle["real"] and oracle["real"]["identity_consistency"] == 1.0
+    assert oracle["fd"] == pytest.approx(0, abs=1e-5)  # rank-5 covariances: the square root of rounding errors
+    assert oracle["fd_real_vs_real"] > 0.01
+    assert metrics["fvd"]["value"] is None
+
+
+def test_eval_errors_are_one_clear_line(run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["eval", str(run), "--num", "2", "--fvd-weights", str(tmp_path / "nope.pt")])
+    assert result.exit_code == 1 and "no such I3D weights file" in result.output
+    bad = tmp_path / "bad.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, bad)
+    result = runner.invoke(main, ["eval", str(run), "--num", "2", "--steps", "1", "--quiet", "--fvd-weights", str(bad),
+                                  "--out", str(tmp_path / "e")])
+    assert result.exit_code == 1 and "missing keys" in result.output and "unexpected keys 1: fc.weight" in result.output
+    result = runner.invoke(main, ["eval", str(tmp_path / "absent"), "--num", "2"])
+    assert result.exit_code == 1 and "no such run or checkpoint" in result.output
+    np.savez(tmp_path / "wrong.npz", other=np.zeros(3))
+    result = runner.invoke(main, ["eval", str(run), "--samples", str(tmp_path / "wrong.npz"), "--num", "2"])
+    assert result.exit_code == 1 and "'videos'" in result.output

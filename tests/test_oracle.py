@@ -1,0 +1,136 @@
+"""The Moving Digits oracle, validated as a metric: real held-out clips score as real; each temporal corruption
+scores clearly worse on a temporal metric while the frames stay recognisable."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from kinema.data import MovingDigits
+from kinema.eval import DigitOracle
+from kinema.eval.corruptions import corrupt, format_table, validation_table
+from kinema.eval.digit_classifier import (RECIPE, TEST_SIZES, WEIGHTS_PATH, held_out_accuracy, load_digit_classifier,
+                                         train_digit_classifier)
+from kinema.eval.oracle import label_components
+
+
+def test_classifier_reaches_97_percent_on_the_held_out_split():
+    accuracy = held_out_accuracy(load_digit_classifier())
+    assert set(accuracy) == {str(s) for s in TEST_SIZES}
+    assert min(accuracy.values()) >= 0.97, accuracy
+    with safe_open(str(WEIGHTS_PATH), "pt") as f:  # the shipped file says how it was made
+        meta = f.metadata()
+    assert meta["recipe"] == RECIPE and "python -m kinema.eval.digit_classifier" in meta["command"]
+    assert json.loads(meta["test_accuracy"]) == pytest.approx(accuracy, abs=0.01)
+
+
+def test_the_rebuild_recipe_trains_a_classifier():
+    # a short run of the recipe (the shipped weights use 25 sizes, 2 copies, 6 epochs); size 14 is not trained on
+    model = train_digit_classifier(copies=2, epochs=3, sizes=(12, 16), progress=False)
+    assert held_out_accuracy(model, sizes=(14,))["14"] >= 0.85
+
+
+def test_components_match_scipy():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(0)
+    mask = ndimage.uniform_filter(rng.random((20, 24, 20)), size=(1, 3, 3)) > 0.5
+    labels = label_components(mask)
+    for ours, m in zip(labels, mask):
+        ref, count = ndimage.label(m, structure=np.ones((3, 3)))
+        assert ((ours > 0) == m).all()
+        assert len(set(zip(ours[m].tolist(), ref[m].tolist()))) == count == len(np.unique(ours[m]))
+    assert len(np.unique(labels[labels > 0])) == sum(ndimage.label(m, np.ones((3, 3)))[1] for m in mask)
+
+
+@pytest.fixture(scope="module")
+def one_digit():
+    return validation_table(num=64, frames=8, size=32, num_digits=1)
+
+
+@pytest.fixture(scope="module")
+def two_digits():
+    return validation_table(num=48, frames=12, size=64, num_digits=2)
+
+
+EXPECTED = {"shuffled": "motion_plausibility", "swapped": "identity_consistency", "frozen": "motion_plausibility",
+            "jumping": "motion_plausibility"}
+
+
+def _check_validation(table, real_floor):
+    real = table["real"]
+    for key, floor in real_floor.items():
+        assert real[key] >= floor, (key, real)
+    for kind, metric in EXPECTED.items():
+        row = table[kind]
+        assert row[metric] <= real[metric] - 0.35, (kind, metric, row[metric], real[metric])
+        assert row["recognisability"] >= real["recognisability"] - 0.03, (kind, row)
+    for kind in ("shuffled", "jumping"):  # the Fréchet distance sees motion too
+        assert table[kind]["oracle_fd"] > 20 * real["oracle_fd"], (kind, table[kind]["oracle_fd"], real["oracle_fd"])
+    print("\n" + format_table(table))
+
+
+def test_oracle_validates_on_one_digit(one_digit):
+    _check_validation(one_digit, {"recognisability": 0.9, "identity_consistency": 1.0, "count_consistency": 1.0,
+                                  "motion_plausibility": 1.0, "count_accuracy": 1.0})
+    assert one_digit["frozen"]["oracle_fd"] > 8 * one_digit["real"]["oracle_fd"]
+
+
+def test_oracle_validates_on_two_digits(two_digits):
+    _check_validation(two_digits, {"recognisability": 0.7, "identity_consistency": 0.8, "count_consistency": 0.7,
+                                   "motion_plausibility": 0.9, "count_accuracy": 0.9})
+    assert two_digits["real"]["digits_per_frame"] == pytest.approx(2, abs=0.1)
+
+
+def test_real_clips_are_classified_as_their_digits():
+    ds = MovingDigits("test", frames=8, size=32)
+    items = [ds[i] for i in range(40)]
+    videos = torch.stack([it["video"] for it in items])
+    labels = np.array([int(it["label"]) for it in items])
+    oracle = DigitOracle()
+    assert (oracle.classify_frames(videos) == labels[:, None]).mean() >= 0.97
+    det = oracle.detect(videos)
+    positions = torch.stack([it["positions"][0] for it in items]).numpy()  # (N, F, 2) top-left corners
+    # the centroid moves exactly as the (rounded) drawing position does
+    moved = det.centroid.reshape(40, 8, 2) - det.centroid.reshape(40, 8, 2)[:, :1]
+    np.testing.assert_allclose(moved, np.rint(positions) - np.rint(positions[:, :1]), atol=1e-9)
+
+
+def test_blank_noise_and_options():
+    blank = -torch.ones(2, 1, 8, 32, 32)
+    oracle = DigitOracle()
+    result = oracle.evaluate(blank)
+    assert result.summary()["recognisability"] == 0 and not result.identity_kept.any()
+    assert not result.motion_plausible.any() and (result.count == 0).all()
+    assert (oracle.classify_frames(blank) == -1).all()
+
+    ds = MovingDigits("test", frames=8, size=32)
+    items = [ds[i] for i in range(16)]
+    videos = torch.stack([it["video"] for it in items])
+    specks = videos.clone()
+    specks[:, :, ::2, 0, 0] = 1.0  # a one-pixel speck in the corner of every other frame
+    assert oracle.metrics(specks)["count_consistency"] == 1.0  # min_pixels filters it
+    assert DigitOracle(min_pixels=1).metrics(specks)["count_consistency"] == 0.0
+    # the speed range is what makes a frozen digit implausible
+    frozen = corrupt(ds, items, "frozen")
+    assert oracle.metrics(frozen)["motion_plausibility"] == 0.0
+    assert DigitOracle(speed=None).metrics(frozen)["motion_plausibility"] == 1.0
+    # stricter confidence, fewer recognised frames; a higher ink threshold thins the digits
+    assert DigitOracle(confidence=0.99).metrics(videos)["recognisability"] < oracle.metrics(videos)["recognisability"]
+    thin = DigitOracle(threshold=0.9).detect(videos).pixels.sum()
+    assert thin < oracle.detect(videos).pixels.sum()
+
+
+def test_overlapping_digits_count_as_two():
+    ds = MovingDigits("test", frames=4, size=64, num_digits=2)
+    item = ds[0]
+    positions = np.zeros((2, 4, 2))
+    positions[0, :, 1] = [2, 4, 6, 8]
+    positions[1, :, 1] = [32, 27, 22, 17]  # overlaps the first digit in the last frame
+    positions[:, :, 0] = 20
+    video = ds.render(item["source"].numpy(), positions)[None]
+    oracle = DigitOracle(num_digits=2)
+    det = oracle.detect(video)
+    assert det.count()[0].tolist() == [2, 2, 2, 2]
+    assert (det.digits[det.frame == 3] == 2).all() and (det.frame == 3).sum() == 1  # one component, two digits
