@@ -244,7 +244,8 @@ class DiT(nn.Module):
         """Label of the learned "no class" embedding (classifier-free guidance), or None."""
         return self.class_embedding.null_class if self.class_embedding is not None else None
 
-    def _run(self, block: DiTBlock, x: Tensor, c: Tensor, rope, allowed: Optional[Tensor]) -> Tensor:
+    def _run(self, block: DiTBlock, x: Tensor, c: Tensor, rope: Optional[Tuple[Tensor, Tensor]],
+             allowed: Optional[Tensor]) -> Tensor:
         if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, x, c, rope, allowed, use_reentrant=False)
         return block(x, c, rope, allowed)
