@@ -65,16 +65,18 @@ def main() -> None:
     parser.add_argument("--weights", default="0,1,3,10", help="reconstruction guidance weights; 0 = replacement")
     parser.add_argument("--guidance", default="0,1,2,4", help="classifier-free guidance weights (part 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="auto", help="sampling autocast: auto (bf16 on AVX-512 CPUs) or fp32")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     cfg, model = load_model(args.run)
+    cfg.sample.precision = args.precision
     d = cfg.data
     overlap = args.overlap or d.frames // 2
     oracle = DigitOracle(d.num_digits, d.digit_size, (d.speed_min, d.speed_max))
     results: dict = {"run": str(args.run), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
                      "torch": torch.__version__, "num": args.num, "length": args.length, "clip_frames": d.frames,
-                     "overlap": overlap, "steps": args.steps, "sampler": cfg.sample.sampler, "prediction": []}
+                     "overlap": overlap, "steps": args.steps, "precision": args.precision, "sampler": cfg.sample.sampler, "prediction": []}
 
     real_ds = MovingDigits("test", args.length, d.height, d.num_digits, d.digit_size, (d.speed_min, d.speed_max),
                            seed=d.seed)

@@ -34,3 +34,22 @@ def moving_glyph_clips(batch: int, frames: int, size: int, seed: int = 0) -> tor
             y, x = int(pos[0]), int(pos[1])
             clips[b, 0, f, y:y + 5, x:x + 5] = torch.maximum(clips[b, 0, f, y:y + 5, x:x + 5], glyph)
     return clips
+
+
+def frame_jacobian(model, z, out_frame, **kw):
+    """|∂ output[:, :, out_frame] / ∂ z| summed per input frame, shape (B, F)."""
+    z = z.clone().requires_grad_(True)
+    out = model(z, torch.full((z.shape[0],), 0.5), **kw)
+    (out[:, :, out_frame] * torch.randn_like(out[:, :, out_frame])).sum().backward()
+    return z.grad.abs().sum(dim=(1, 3, 4))
+
+
+def bayes_optimal_v_loss(schedule, data, t, noise):
+    """v-MSE of the exact E[x | z_t] for a dataset of len(data) clips: a softmax over the clips."""
+    alpha, sigma = schedule.alpha_sigma(t)
+    a, s = alpha.view(-1, 1, 1, 1, 1), sigma.view(-1, 1, 1, 1, 1)
+    z = a * data + s * noise
+    dist = (z[:, None] - a[:, None] * data[None]).pow(2).flatten(2).sum(-1)  # (B, K)
+    weights = torch.softmax(-dist / (2 * sigma[:, None] ** 2), dim=1)
+    x_hat = torch.einsum("bk,kcfhw->bcfhw", weights, data)
+    return (x_hat - data).pow(2).flatten(1).mean(1) / sigma**2  # v-MSE = ||Δx||² / σ²

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers import moving_glyph_clips, randomize_zero_inits
+from helpers import bayes_optimal_v_loss, frame_jacobian, moving_glyph_clips, randomize_zero_inits
 from kinema.diffusion import CosineSchedule, diffusion_loss
 from kinema.models import UNET_PRESETS, UNet3D, UNet3DConfig, temporal_attention_mask
 
@@ -26,22 +26,14 @@ def test_output_layer_is_zero_initialised():
     assert torch.equal(model(torch.randn(2, 3, 4, 8, 8), torch.rand(2)), torch.zeros(2, 3, 4, 8, 8))
 
 
-def _frame_jacobian(model, z, out_frame, **kw):
-    """|∂ output[:, :, out_frame] / ∂ z| summed per input frame, shape (B, F)."""
-    z = z.clone().requires_grad_(True)
-    out = model(z, torch.full((z.shape[0],), 0.5), **kw)
-    (out[:, :, out_frame] * torch.randn_like(out[:, :, out_frame])).sum().backward()
-    return z.grad.abs().sum(dim=(1, 3, 4))
-
-
 def test_factorization_without_temporal_attention_is_exactly_framewise():
     z = torch.randn(2, 3, 5, 8, 8)
     per_frame = _model(temporal_attention=False)
     for i in range(5):
-        g = _frame_jacobian(per_frame, z, i)
+        g = frame_jacobian(per_frame, z, i)
         others = torch.cat([g[:, :i], g[:, i + 1:]], dim=1)
         assert torch.all(others == 0) and torch.all(g[:, i] > 0)
-    g = _frame_jacobian(_model(temporal_attention=True), z, 2)
+    g = frame_jacobian(_model(temporal_attention=True), z, 2)
     assert torch.all(g > 0)  # with temporal attention every frame reaches frame 2
 
 
@@ -51,7 +43,7 @@ def test_joint_training_mask_isolates_image_frames_exactly():
                                [False, False, False, False, False, False]])
     z = torch.randn(2, 3, 6, 8, 8)
     for i in range(6):
-        g = _frame_jacobian(model, z, i, frame_mask=frame_mask)
+        g = frame_jacobian(model, z, i, frame_mask=frame_mask)
         for b in range(2):
             if frame_mask[b, i]:  # a video frame sees every video frame and no image
                 assert torch.all(g[b, frame_mask[b]] > 0)
@@ -164,17 +156,6 @@ def test_presets_build(name):
     assert sum(p.numel() for p in model.parameters()) > 1e6
 
 
-def _bayes_optimal_v_loss(schedule, data, t, noise):
-    """v-MSE of the exact E[x | z_t] for a dataset of len(data) clips: a softmax over the clips."""
-    alpha, sigma = schedule.alpha_sigma(t)
-    a, s = alpha.view(-1, 1, 1, 1, 1), sigma.view(-1, 1, 1, 1, 1)
-    z = a * data + s * noise
-    dist = (z[:, None] - a[:, None] * data[None]).pow(2).flatten(2).sum(-1)  # (B, K)
-    weights = torch.softmax(-dist / (2 * sigma[:, None] ** 2), dim=1)
-    x_hat = torch.einsum("bk,kcfhw->bcfhw", weights, data)
-    return (x_hat - data).pow(2).flatten(1).mean(1) / sigma**2  # v-MSE = ||Δx||² / σ²
-
-
 def test_tiny_overfits_one_batch():
     """The v-loss above the Bayes optimum (which is > 0 at high noise: 4 clips are ambiguous) falls ≥ 10×."""
     torch.manual_seed(0)
@@ -184,7 +165,7 @@ def test_tiny_overfits_one_batch():
     g = torch.Generator().manual_seed(1)
     eval_t = torch.linspace(0.05, 0.95, 4)
     eval_noise = [torch.randn(x.shape, generator=g) for _ in range(3)]
-    optimum = sum(_bayes_optimal_v_loss(schedule, x, eval_t, n).mean() for n in eval_noise) / 3
+    optimum = sum(bayes_optimal_v_loss(schedule, x, eval_t, n).mean() for n in eval_noise) / 3
 
     def excess_loss():
         model.eval()

@@ -366,18 +366,19 @@ def presets() -> None:
     import torch
 
     from .config import RUN_PRESETS
-    from .models import UNET_PRESETS, UNet3D
+    from .models import DIT_PRESETS, UNET_PRESETS, DiT, UNet3D
 
     click.echo("run presets (kinema train --preset NAME):")
     for name, cfg in RUN_PRESETS.items():
         d = cfg.data
-        click.echo(f"  {name:<8} model={cfg.model.base_channels}x{list(cfg.model.channel_mults)} data={d.dataset} "
+        click.echo(f"  {name:<8} model={cfg.model.summary()} data={d.dataset} "
                    f"{d.frames}x{d.height}x{d.width} batch={cfg.train.batch_size} steps={cfg.train.steps}")
     click.echo("network presets (model section):")
-    for name, mcfg in UNET_PRESETS.items():
-        with torch.device("meta"):
-            params = sum(p.numel() for p in UNet3D(mcfg).parameters())
-        click.echo(f"  {name:<13} {params / 1e6:8.1f} M parameters")
+    for presets, network in ((UNET_PRESETS, UNet3D), (DIT_PRESETS, DiT)):
+        for name, mcfg in presets.items():
+            with torch.device("meta"):
+                params = sum(p.numel() for p in network(mcfg).parameters())
+            click.echo(f"  {name:<13} {params / 1e6:8.1f} M parameters  {mcfg.summary()}")
 
 
 @main.command()

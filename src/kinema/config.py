@@ -3,6 +3,11 @@
 A run is described by one `RunConfig` (model, diffusion, data, train, sample). It is written as
 `config.toml` next to every checkpoint, so a checkpoint folder alone is enough to sample. Unknown
 fields and values of the wrong type are errors that name the field.
+
+The model section holds either backbone's config, told apart by its `backbone` field ("unet3d" or
+"dit"). A model table without that field keeps the backbone of the config it is applied to; for a
+file loaded on its own that is the default U-Net, so config.toml files written before the DiT
+existed still load as U-Nets. Naming another backbone starts from that backbone's defaults.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any, Tuple, Union
 
+from .models.dit import DIT_PRESETS, DiTConfig
 from .models.unet3d import UNET_PRESETS, UNet3DConfig
 
 if sys.version_info >= (3, 11):
@@ -23,12 +29,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig", "RunConfig", "RUN_PRESETS",
-           "ConfigError", "load_config", "save_config", "apply_overrides", "config_from_dict", "config_to_dict"]
+__all__ = ["DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig", "RunConfig", "RUN_PRESETS", "ModelConfig",
+           "MODEL_CONFIGS", "ConfigError", "load_config", "save_config", "apply_overrides", "config_from_dict",
+           "config_to_dict"]
 
 
 class ConfigError(ValueError):
     """A user error in a configuration file or override; the message names the field."""
+
+
+ModelConfig = Union[UNet3DConfig, DiTConfig]
+MODEL_CONFIGS = {"unet3d": UNet3DConfig, "dit": DiTConfig}  # the `backbone` field's values
 
 
 @dataclass
@@ -133,7 +144,7 @@ class SampleConfig:
 @dataclass
 class RunConfig:
     name: str = "tiny"
-    model: UNet3DConfig = field(default_factory=lambda: copy.deepcopy(UNET_PRESETS["tiny"]))
+    model: ModelConfig = field(default_factory=lambda: copy.deepcopy(UNET_PRESETS["tiny"]))
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -150,6 +161,8 @@ RUN_PRESETS = {
     "tiny": RunConfig(name="tiny"),
     "small": RunConfig(name="small", model=copy.deepcopy(UNET_PRESETS["small"]),
                        train=TrainConfig(steps=20000, lr=3e-4)),
+    # The same data and budget with the spacetime transformer.
+    "dit-tiny": RunConfig(name="dit-tiny", model=copy.deepcopy(DIT_PRESETS["dit-tiny"])),
 }
 
 
@@ -196,30 +209,41 @@ def _fields(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _unknown(path: str, key: str, known) -> ConfigError:
+def _unknown(path: str, key: str, known, cls) -> ConfigError:
+    for name, other in MODEL_CONFIGS.items():  # a field of the other backbone: say so rather than guess a spelling
+        if cls in MODEL_CONFIGS.values() and other is not cls and key in _fields(other):
+            return ConfigError(f"{path + key!r} is a field of the {name} backbone, but {path}backbone is "
+                               f"{cls.backbone!r} (set {path}backbone={name} to switch)")
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f" (did you mean {path + close[0]!r}?)" if close else ""
     return ConfigError(f"unknown field {path + key!r}{hint}")
 
 
+def _section(annotation: Any, data: Any, path: str, base):
+    """Build a nested table. For the model table the class is the one `backbone` names (absent: the base's)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a table of fields; got {data!r}")
+    cls = annotation
+    if annotation == ModelConfig:
+        backbone = data.get("backbone", base.backbone if base is not None else "unet3d")
+        _choice(f"{path}.backbone", backbone, tuple(MODEL_CONFIGS))
+        cls = MODEL_CONFIGS[backbone]
+        if not isinstance(base, cls):
+            base = cls()
+    return _build(cls, data, f"{path}.", base)
+
+
 def _build(cls, data: dict, path: str, base=None):
     fields = _fields(cls)
-    values = dataclasses.asdict(base) if base is not None else {}
+    values = {key: copy.deepcopy(getattr(base, key)) for key in fields} if base is not None else {}
     for key, value in data.items():
         if key not in fields:
-            raise _unknown(path, key, fields)
+            raise _unknown(path, key, fields, cls)
         annotation = fields[key]
-        if dataclasses.is_dataclass(annotation):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path + key} must be a table of fields; got {value!r}")
-            sub_base = getattr(base, key) if base is not None else None
-            values[key] = _build(annotation, value, f"{path}{key}.", sub_base)
+        if dataclasses.is_dataclass(annotation) or annotation == ModelConfig:
+            values[key] = _section(annotation, value, path + key, values.get(key))
         else:
             values[key] = _check_type(path + key, value, annotation)
-    # nested dataclasses that were not mentioned keep their base values
-    for key, annotation in fields.items():
-        if dataclasses.is_dataclass(annotation) and isinstance(values.get(key), dict):
-            values[key] = annotation(**values[key])
     try:
         return cls(**values)
     except ConfigError:

@@ -25,7 +25,7 @@ from .diffusion import (
     sample_ddim,
 )
 from .diffusion.parameterization import output_channels
-from .models import UNet3D
+from .models import DiT, DiTConfig, UNet3D
 from .precision import autocast, resolve_precision
 
 __all__ = ["build_schedule", "build_model", "build_dataset", "generate", "load_model", "conditioning",
@@ -67,8 +67,10 @@ def model_config(cfg: RunConfig):
                                out_channels=output_channels(cfg.diffusion.prediction, channels))
 
 
-def build_model(cfg: RunConfig) -> UNet3D:
-    return UNet3D(model_config(cfg))
+def build_model(cfg: RunConfig) -> nn.Module:
+    """The run's network: a `DiT` or a `UNet3D`, as the model section's `backbone` says."""
+    mcfg = model_config(cfg)
+    return DiT(mcfg) if isinstance(mcfg, DiTConfig) else UNet3D(mcfg)
 
 
 def build_dataset(cfg: DataConfig, split: str = "train", progress: bool = True):
@@ -194,7 +196,7 @@ def generate(model: nn.Module, cfg: RunConfig, num: int, *, steps: Optional[int]
     return torch.cat(out).clamp(-1, 1)
 
 
-def load_model(checkpoint: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[RunConfig, UNet3D]:
+def load_model(checkpoint: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[RunConfig, nn.Module]:
     """Rebuild a run's network from a checkpoint folder alone (config.toml + safetensors)."""
     from safetensors.torch import load_file
 

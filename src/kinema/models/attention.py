@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-__all__ = ["SpatialAttention", "TemporalAttention", "RelativePositionBias", "temporal_attention_mask", "group_norm"]
+__all__ = ["SpatialAttention", "TemporalAttention", "RelativePositionBias", "temporal_attention_mask", "frame_attention_mask",
+           "group_norm"]
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -86,6 +87,16 @@ def temporal_attention_mask(frame_mask: Tensor) -> Tensor:
     video = frame_mask.bool()
     eye = torch.eye(frame_mask.shape[1], dtype=torch.bool, device=frame_mask.device)
     return (video[:, :, None] & video[:, None, :]) | eye[None]
+
+
+def frame_attention_mask(frame_mask: Optional[Tensor], batch: int, frames: int) -> Optional[Tensor]:
+    """Check a network's `frame_mask` (B, F) and turn it into the (B, F, F) mask of
+    `temporal_attention_mask`, or None when every frame belongs to the clip (no masking needed)."""
+    if frame_mask is None:
+        return None
+    if frame_mask.shape != (batch, frames):
+        raise ValueError(f"frame_mask must have shape ({batch}, {frames}); got {tuple(frame_mask.shape)}")
+    return None if bool(frame_mask.all()) else temporal_attention_mask(frame_mask)
 
 
 class TemporalAttention(nn.Module):

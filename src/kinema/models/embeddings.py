@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["sinusoidal_embedding", "NoiseLevelEmbedding", "ClassEmbedding", "TextPooling"]
+__all__ = ["sinusoidal_embedding", "NoiseLevelEmbedding", "ClassEmbedding", "TextPooling", "conditioning_embedding"]
 
 
 def sinusoidal_embedding(values: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -98,3 +98,27 @@ class TextPooling(nn.Module):
         weights = torch.softmax(torch.where(has_text, scores, torch.zeros_like(scores)), dim=1)
         pooled = (weights[..., None] * self.value(text)).sum(1)
         return torch.where(has_text, pooled, self.null.expand(batch, -1))
+
+
+def conditioning_embedding(noise_level: Tensor, batch: int, device, noise_embedding: NoiseLevelEmbedding,
+                           class_embedding: Optional[ClassEmbedding], text_pooling: Optional[TextPooling],
+                           labels: Optional[Tensor], text: Optional[Tensor], text_mask: Optional[Tensor]) -> Tensor:
+    """The one conditioning vector (B, E) every backbone adds into its blocks: noise level + class + pooled text.
+
+    Shared by the U-Net and the DiT so that both accept and reject conditioning identically;
+    a model built without class (text) conditioning passes None for that module.
+    """
+    if noise_level.ndim == 0:
+        noise_level = noise_level.expand(batch)
+    if noise_level.shape != (batch,):
+        raise ValueError(f"noise_level must have shape ({batch},); got {tuple(noise_level.shape)}")
+    emb = noise_embedding(noise_level)
+    if class_embedding is not None:
+        emb = emb + class_embedding(labels, batch, device)
+    elif labels is not None:
+        raise ValueError("labels were given but the model has no class conditioning (num_classes = 0)")
+    if text_pooling is not None:
+        emb = emb + text_pooling(text, text_mask, batch, device)
+    elif text is not None:
+        raise ValueError("text was given but the model has no text conditioning (text_dim = 0)")
+    return emb

@@ -24,8 +24,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import SpatialAttention, TemporalAttention, group_norm, temporal_attention_mask
-from .embeddings import ClassEmbedding, NoiseLevelEmbedding, TextPooling
+from .attention import SpatialAttention, TemporalAttention, frame_attention_mask, group_norm
+from .embeddings import ClassEmbedding, NoiseLevelEmbedding, TextPooling, conditioning_embedding
 
 __all__ = ["UNet3DConfig", "UNet3D", "UNET_PRESETS"]
 
@@ -34,6 +34,7 @@ __all__ = ["UNet3DConfig", "UNet3D", "UNET_PRESETS"]
 class UNet3DConfig:
     """Architecture of the 3D U-Net. Levels are counted from full resolution (level 0)."""
 
+    backbone: str = "unet3d"  # tells a RunConfig's model section which config class it holds
     in_channels: int = 3
     out_channels: Optional[int] = None  # default: in_channels (2 × for the "both" parameterization)
     base_channels: int = 64
@@ -53,6 +54,8 @@ class UNet3DConfig:
     def __post_init__(self) -> None:
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
         self.attention_levels = tuple(int(level) for level in self.attention_levels)
+        if self.backbone != "unet3d":
+            raise ValueError(f"a UNet3DConfig has backbone 'unet3d'; got {self.backbone!r}")
         if not self.channel_mults or min(self.channel_mults) < 1:
             raise ValueError(f"channel_mults must be non-empty positive integers; got {self.channel_mults}")
         for level in self.attention_levels:
@@ -67,6 +70,9 @@ class UNet3DConfig:
             attends = level in self.attention_levels or level == len(self.channel_mults) - 1
             if attends and (self.base_channels * mult) % self.head_dim:
                 raise ValueError(f"channels at level {level} ({self.base_channels * mult}) must be a multiple of head_dim ({self.head_dim})")
+
+    def summary(self) -> str:
+        return f"unet3d {self.base_channels}x{list(self.channel_mults)}"
 
 
 UNET_PRESETS = {
@@ -185,22 +191,6 @@ class UNet3D(nn.Module):
         """Label of the learned "no class" embedding (classifier-free guidance), or None."""
         return self.class_embedding.null_class if self.class_embedding is not None else None
 
-    def _embedding(self, noise_level: Tensor, batch: int, labels, text, text_mask, device) -> Tensor:
-        if noise_level.ndim == 0:
-            noise_level = noise_level.expand(batch)
-        if noise_level.shape != (batch,):
-            raise ValueError(f"noise_level must have shape ({batch},); got {tuple(noise_level.shape)}")
-        emb = self.noise_embedding(noise_level)
-        if self.class_embedding is not None:
-            emb = emb + self.class_embedding(labels, batch, device)
-        elif labels is not None:
-            raise ValueError("labels were given but the model has no class conditioning (num_classes = 0)")
-        if self.text_pooling is not None:
-            emb = emb + self.text_pooling(text, text_mask, batch, device)
-        elif text is not None:
-            raise ValueError("text was given but the model has no text conditioning (text_dim = 0)")
-        return emb
-
     def _run(self, block: Level, x: Tensor, emb: Tensor, frames: int, allowed: Optional[Tensor]) -> Tensor:
         if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, x, emb, frames, allowed, use_reentrant=False)
@@ -219,14 +209,10 @@ class UNet3D(nn.Module):
         factor = 2 ** (len(self.config.channel_mults) - 1)
         if height % factor or width % factor:
             raise ValueError(f"frame size {height}×{width} must be divisible by {factor} for {len(self.config.channel_mults)} levels")
-        allowed = None
-        if frame_mask is not None:
-            if frame_mask.shape != (batch, frames):
-                raise ValueError(f"frame_mask must have shape ({batch}, {frames}); got {tuple(frame_mask.shape)}")
-            if not bool(frame_mask.all()):
-                allowed = temporal_attention_mask(frame_mask)
+        allowed = frame_attention_mask(frame_mask, batch, frames)
 
-        emb = self._embedding(noise_level, batch, labels, text, text_mask, z.device)
+        emb = conditioning_embedding(noise_level, batch, z.device, self.noise_embedding, self.class_embedding,
+                                     self.text_pooling, labels, text, text_mask)
         emb = F.silu(emb).repeat_interleave(frames, dim=0)  # one row per frame: (B·F, E)
 
         h = self.input_conv(rearrange(z, "b c f h w -> (b f) c h w"))
