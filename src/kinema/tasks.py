@@ -31,7 +31,7 @@ from .pipeline import build_schedule, conditioned_denoiser, conditioning, run_sa
 __all__ = ["fill_frames", "plan_windows", "Window", "predict", "extend", "interpolate", "upsample", "check_clip", "METHODS"]
 
 METHODS = ("reconstruction", "replacement")
-DEFAULT_WEIGHT = 5.0  # w_r; see benchmarks/conditional.py for the measured choice
+DEFAULT_WEIGHT = 10.0  # w_r: best boundary identity and SSIM in benchmarks/conditional.py (README)
 
 
 def check_clip(video: Tensor, cfg: RunConfig, what: str = "context clip", spatial: bool = True) -> Tensor:
