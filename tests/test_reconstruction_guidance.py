@@ -73,6 +73,27 @@ def test_reconstruction_guidance_beats_replacement_on_a_gaussian_with_exact_cond
     assert errors[5.0] < 0.15, errors
 
 
+def test_known_frames_are_honoured_ever_more_closely_as_t_goes_to_zero():
+    """The network's own reconstruction x̂^a_θ(z_t) of the known frames approaches x^a along the trajectory."""
+    positions, x_known, n = [1, 3], torch.tensor([1.2, -0.9], dtype=torch.float64), 256
+    record = []
+
+    def recording(z, t):
+        x_hat = gaussian_denoise(z, t)
+        record.append((float(t[0]), float((x_hat.detach()[:, 0, positions, 0, 0] - x_known).square().mean())))
+        return x_hat
+
+    known = x_known.view(1, 1, -1, 1, 1).expand(n, 1, 2, 1, 1)
+    for w in (0.0, 5.0):
+        record.clear()
+        den = ReconstructionGuidance(recording, SCHEDULE, known, positions, w, generator=torch.Generator().manual_seed(0))
+        sample_ddim(den, torch.randn(n, 1, FRAMES, 1, 1, dtype=torch.float64), SCHEDULE, 40)
+        times, errors = zip(*record)
+        assert errors[-1] < 0.02 * errors[0], (w, errors[0], errors[-1])
+        late = [e for t, e in record if t <= 0.3]
+        assert all(b <= a * 1.05 for a, b in zip(late, late[1:])), late  # shrinking as t -> 0
+
+
 # The best w_r depends on the sampler (measured: DDIM 5, ancestral 2; too large a w_r overshoots).
 @pytest.mark.parametrize("sampler,langevin,weight", [("ddim", 0, 5.0), ("ancestral", 0, 2.0), ("ancestral", 1, 2.0)])
 def test_guided_sampling_works_with_every_sampler(sampler, langevin, weight):

@@ -212,3 +212,22 @@ def test_read_clips_converts_grey_rgb_and_rejects_colour_for_a_grey_model(tmp_pa
     assert read_clips(colour, 1, (8, 8), fit=True).shape == (1, 1, 3, 8, 8)
     with pytest.raises(FileNotFoundError):
         read_clips(tmp_path / "missing.mp4", 1)
+
+
+@pytest.mark.parametrize("position", ["sincos", "rope"])
+def test_conditional_tasks_work_unchanged_with_the_dit(tmp_path, position):
+    from kinema.models import DiTConfig
+
+    cfg = _cfg(class_conditional=True)
+    cfg.model = DiTConfig(hidden_dim=32, depth=2, heads=2, patch_size=(1, 4, 4), position=position)
+    model = _model(cfg)
+    context = _clips(2, 2, 16)
+    out = tasks.predict(model, cfg, context, 5, labels=torch.tensor([3, 4]), guidance=1.0, weight=2.0)
+    assert out.shape == (2, 1, 7, 16, 16) and torch.equal(out[:, :, :2], context)
+    assert tasks.extend(model, cfg, 10, 1, weight=2.0).shape == (1, 1, 10, 16, 16)
+    assert torch.equal(tasks.interpolate(model, cfg, context, 2)[:, :, ::2], context)
+    assert tasks.upsample(model, cfg, area_downsample(context, (8, 8))).shape == (2, 1, 2, 16, 16)
+    ck = _checkpoint(tmp_path, cfg, model)
+    result = CliRunner().invoke(main, ["extend", str(ck), "--length", "6", "--num", "1", "--label", "2", "--steps", "2",
+                                       "--out", str(tmp_path / "e.npz")])
+    assert result.exit_code == 0, result.output
