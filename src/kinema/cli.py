@@ -138,11 +138,7 @@ def sample(run_or_checkpoint, num, steps, sampler, guidance, label, prompt, seed
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg, model = load_model(run_or_checkpoint, weights, device)
-    labels = None
-    if label is not None:
-        if model.null_class is None:
-            raise click.BadParameter("this model is not class-conditional", param_hint="--label")
-        labels = torch.full((num,), label)
+    labels = None if label is None else torch.full((num,), label)  # the pipeline checks it fits the model
     videos = generate(model, cfg, num, steps=steps, sampler=sampler, guidance=guidance, seed=seed, labels=labels,
                       prompts=[prompt] if prompt is not None else None, frames=frames, progress=True)
     frames_uint8 = to_uint8(videos)
@@ -183,7 +179,7 @@ def _task_run(checkpoint, weights):
     return load_model(checkpoint, weights, "cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _task_kwargs(model, num, method, recon_weight, overlap, steps, sampler, guidance, label, prompt, seed) -> dict:
+def _task_kwargs(num, method, recon_weight, overlap, steps, sampler, guidance, label, prompt, seed) -> dict:
     import torch
 
     from .tasks import DEFAULT_WEIGHT
@@ -231,7 +227,7 @@ def predict(checkpoint, context, num_frames, fit, method, recon_weight, overlap,
     used = min(clips.shape[2], window // 2 if overlap is None else overlap)
     click.echo(f"continuing {clips.shape[0]} clip(s) of {clips.shape[2]} frames; each block is conditioned on the "
                f"{used} frames before it")
-    kwargs = _task_kwargs(model, clips.shape[0], method, recon_weight, overlap, steps, sampler, guidance, label,
+    kwargs = _task_kwargs(clips.shape[0], method, recon_weight, overlap, steps, sampler, guidance, label,
                           prompt, seed)
     _write_task(run_predict(model, cfg, clips, num_frames, **kwargs), cfg, outs, fps, "predicted.gif")
 
@@ -254,7 +250,7 @@ def extend(checkpoint, length, num, frameskip, method, recon_weight, overlap, st
     from .tasks import extend as run_extend
 
     cfg, model = _task_run(checkpoint, weights)
-    kwargs = _task_kwargs(model, num, method, recon_weight, overlap, steps, sampler, guidance, label, prompt, seed)
+    kwargs = _task_kwargs(num, method, recon_weight, overlap, steps, sampler, guidance, label, prompt, seed)
     _write_task(run_extend(model, cfg, length, num, frameskip=frameskip, **kwargs), cfg, outs, fps, "extended.gif")
 
 
@@ -277,7 +273,7 @@ def interpolate(checkpoint, video, factor, fit, method, recon_weight, overlap, s
 
     cfg, model = _task_run(checkpoint, weights)
     clips = read_clips(video, cfg.data.channels, (cfg.data.height, cfg.data.width), fit)
-    kwargs = _task_kwargs(model, clips.shape[0], method, recon_weight, 1 if overlap is None else overlap, steps,
+    kwargs = _task_kwargs(clips.shape[0], method, recon_weight, 1 if overlap is None else overlap, steps,
                           sampler, guidance, label, prompt, seed)
     _write_task(run_interpolate(model, cfg, clips, factor, **kwargs), cfg, outs, fps, "interpolated.gif")
 
@@ -300,7 +296,7 @@ def upsample(checkpoint, video, sr_weight, method, recon_weight, overlap, steps,
 
     cfg, model = _task_run(checkpoint, weights)
     clips = read_clips(video, cfg.data.channels)
-    kwargs = _task_kwargs(model, clips.shape[0], method, recon_weight, overlap, steps, sampler, guidance, label,
+    kwargs = _task_kwargs(clips.shape[0], method, recon_weight, overlap, steps, sampler, guidance, label,
                           prompt, seed)
     _write_task(run_upsample(model, cfg, clips, sr_weight=sr_weight, **kwargs), cfg, outs, fps, "upsampled.gif")
 

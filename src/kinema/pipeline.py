@@ -99,9 +99,9 @@ def conditioning(model: nn.Module, num: int, *, labels: Optional[Tensor] = None,
     """(cond, uncond) network inputs for `num` videos; uncond is the classifier-free-guidance "null".
 
     A class-conditional model gets `labels` (random classes from `seed` when None; the null class
-    `model.null_class` asks for an unconditional sample) and the null class; a text-conditional model gets the encoded `prompts` and the same embeddings masked out
-    (its learned null text); without prompts it samples unconditionally. Inputs a model was not
-    trained with are errors.
+    `model.null_class` asks for an unconditional sample) and the null class; a text-conditional
+    model gets the encoded `prompts` and the same embeddings masked out (its learned null text);
+    without prompts it samples unconditionally. Inputs a model was not trained with are errors.
     """
     device = device or next(model.parameters()).device
     cond: dict = {}

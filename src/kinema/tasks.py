@@ -133,9 +133,10 @@ def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence
     was_training = model.training
     model.eval()
     out = video.to(device=device, dtype=torch.float32).clone()
+    base = conditioned_denoiser(model, cfg, cond, uncond, guidance)
     for win in plan_windows(known, window, overlap):
         span = slice(win.start, win.start + window)
-        denoise = conditioned_denoiser(model, cfg, cond, uncond, guidance)
+        denoise = base
         if win.known:
             frames = out[:, :, span][:, :, list(win.known)]
             if low_res is not None or method == "replacement" or weight == 0:

@@ -134,7 +134,7 @@ class Replacement:
     on the result, and x̂^a is set to x^a. The sampler then updates the b-part as usual; the a-part
     it tracks is never read, since it is replaced at the next call, and the last step returns x^a.
 
-    The replacement is written with `torch.where`, so gradients flow to z^b through it: an outer
+    The replacement writes into a copy of z, so gradients flow to z^b through it: an outer
     wrapper (e.g. `SuperResolutionGuidance`) can differentiate through a `Replacement`.
     """
 
@@ -159,30 +159,21 @@ class Replacement:
         if max(self.positions, default=-1) >= F_:
             raise ValueError(f"known frame position {max(self.positions)} is outside the {F_} frames of z")
 
-    def _mask(self, z: Tensor) -> Tensor:
-        """(1, 1, F, 1, 1) boolean mask of the known frames."""
-        mask = torch.zeros(z.shape[2], dtype=torch.bool, device=z.device)
-        mask[self.positions] = True
-        return mask.view(1, 1, -1, 1, 1)
-
-    def _scatter(self, z: Tensor, frames: Tensor) -> Tensor:
-        """A tensor like z holding `frames` (B, C, K, H, W) at the known positions (zeros elsewhere)."""
-        full = torch.zeros_like(z)
-        full[:, :, self.positions] = frames.to(device=z.device, dtype=z.dtype)
-        return full
-
     def replace(self, z: Tensor, t: Tensor) -> Tensor:
         """z with its known frames replaced by a draw from q(z^a_t | x^a)."""
         self._check(z)
         alpha, sigma = self.schedule.alpha_sigma(t)
         alpha, sigma = broadcast_like(alpha, z).to(z.dtype), broadcast_like(sigma, z).to(z.dtype)
         noise = torch.randn(self.known.shape, generator=self.generator, device=z.device, dtype=z.dtype)
-        z_known = alpha * self._scatter(z, self.known) + sigma * self._scatter(z, noise)
-        return torch.where(self._mask(z), z_known, z)
+        replaced = z.clone()  # indexing a clone keeps z^b differentiable; z^a gets no gradient
+        replaced[:, :, self.positions] = alpha * self.known.to(device=z.device, dtype=z.dtype) + sigma * noise
+        return replaced
 
     def paste(self, x_hat: Tensor) -> Tensor:
         """x̂ with its known frames set to x^a."""
-        return torch.where(self._mask(x_hat), self._scatter(x_hat, self.known), x_hat)
+        pasted = x_hat.clone()
+        pasted[:, :, self.positions] = self.known.to(device=x_hat.device, dtype=x_hat.dtype)
+        return pasted
 
     def __call__(self, z: Tensor, t: Tensor) -> Tensor:
         return self.paste(self.denoise(self.replace(z, t), t))
