@@ -37,8 +37,32 @@ def test_factorization_without_temporal_attention_is_exactly_framewise():
     assert torch.all(g > 0)  # with temporal attention every frame reaches frame 2
 
 
-def test_joint_training_mask_isolates_image_frames_exactly():
-    model = _model()
+def test_temporal_conv_mixes_only_frames_within_its_receptive_field():
+    """Without temporal attention, frames meet only through the temporal convs: 5 of them (one down block,
+    two middle, two up) with kernel 3 reach ±5 frames and no further."""
+    model = _model(temporal_attention=False, temporal_conv=3, channel_mults=(1,), attention_levels=())
+    g = frame_jacobian(model, torch.randn(1, 3, 13, 8, 8), 6)[0]
+    assert torch.all(g[1:12] > 0) and g[0] == 0 and g[12] == 0
+
+
+def test_temporal_conv_starts_as_the_identity():
+    plain = UNet3D(UNet3DConfig(**SMALL))
+    randomize_zero_inits(plain)  # give the plain network non-trivial outputs
+    with_conv = UNet3D(UNet3DConfig(**SMALL, temporal_conv=3))
+    missing, unexpected = with_conv.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all("temporal_conv" in k for k in missing)
+    z, lv = torch.randn(2, 3, 4, 8, 8), torch.rand(2)
+    torch.testing.assert_close(with_conv(z, lv), plain(z, lv))
+
+
+def test_temporal_conv_kernel_must_be_odd():
+    with pytest.raises(ValueError, match="temporal_conv"):
+        UNet3DConfig(temporal_conv=2)
+
+
+@pytest.mark.parametrize("temporal_conv", [0, 3])
+def test_joint_training_mask_isolates_image_frames_exactly(temporal_conv):
+    model = _model(temporal_conv=temporal_conv)
     frame_mask = torch.tensor([[True, True, True, False, False, True],
                                [False, False, False, False, False, False]])
     z = torch.randn(2, 3, 6, 8, 8)
@@ -53,8 +77,9 @@ def test_joint_training_mask_isolates_image_frames_exactly():
                 assert torch.all(torch.cat([g[b, :i], g[b, i + 1:]]) == 0)
 
 
-def test_all_true_frame_mask_equals_no_mask():
-    model = _model()
+@pytest.mark.parametrize("temporal_conv", [0, 3])
+def test_all_true_frame_mask_equals_no_mask(temporal_conv):
+    model = _model(temporal_conv=temporal_conv)
     z = torch.randn(2, 3, 4, 8, 8)
     lv = torch.rand(2)
     torch.testing.assert_close(model(z, lv, frame_mask=torch.ones(2, 4, dtype=torch.bool)), model(z, lv))
@@ -131,11 +156,12 @@ def test_unconditional_model_rejects_conditioning_and_bad_inputs():
         UNet3DConfig(base_channels=20, head_dim=8, attention_levels=(0,))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("temporal_conv", [0, 3])
+def test_gradient_checkpointing_gives_the_same_gradients(temporal_conv):
     z, lv = torch.randn(2, 3, 4, 8, 8), torch.rand(2)
     grads = []
     for ckpt in (False, True):
-        model = _model(gradient_checkpointing=ckpt).train()
+        model = _model(gradient_checkpointing=ckpt, temporal_conv=temporal_conv).train()
         model(z, lv).pow(2).mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)

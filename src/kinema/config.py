@@ -51,8 +51,11 @@ class DiffusionConfig:
     reference_resolution: float = 64.0
     prediction: str = "v"  # v | eps | x | both
     weighting: str = "v-mse"  # v-mse | eps-mse | x-mse | snr-trunc | min-snr
+    frame_noise_correlation: float = 0.0  # ρ: ε shares a component √ρ across a video's frames (FrameNoise)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.frame_noise_correlation < 1.0:
+            raise ConfigError(f"diffusion.frame_noise_correlation must lie in [0, 1); got {self.frame_noise_correlation}")
         _choice("diffusion.schedule", self.schedule, ("cosine", "shifted-cosine", "ddpm-linear"))
         _choice("diffusion.prediction", self.prediction, ("v", "eps", "x", "both"))
         _choice("diffusion.weighting", self.weighting, ("v-mse", "eps-mse", "x-mse", "snr-trunc", "min-snr"))
@@ -163,6 +166,18 @@ RUN_PRESETS = {
                        train=TrainConfig(steps=20000, lr=3e-4)),
     # The same data and budget with the spacetime transformer.
     "dit-tiny": RunConfig(name="dit-tiny", model=copy.deepcopy(DIT_PRESETS["dit-tiny"])),
+    # `make demo` and the shipped `moving-digits` model: what the temporal-consistency ablations kept
+    # (benchmarks/temporal_ablations.py, README "Temporal consistency"). 16×16 frames with 8-pixel digits
+    # (4× fewer pixels per step), a temporal conv after every ResBlock, lr 1e-3, min-SNR weighting, and
+    # class conditioning sampled with classifier-free guidance w = 1.
+    "tiny16": RunConfig(
+        name="tiny16",
+        model=dataclasses.replace(UNET_PRESETS["tiny"], temporal_conv=3),
+        diffusion=DiffusionConfig(weighting="min-snr"),
+        data=DataConfig(height=16, width=16, digit_size=8, speed_min=0.5, speed_max=1.5),
+        train=TrainConfig(lr=1e-3, class_conditional=True, label_dropout=0.2),
+        sample=SampleConfig(guidance=1.0, steps=25),
+    ),
 }
 
 

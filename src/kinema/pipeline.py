@@ -19,6 +19,7 @@ from .diffusion import (
     CosineSchedule,
     DDPMLinearSchedule,
     Denoiser,
+    FrameNoise,
     Schedule,
     ShiftedCosineSchedule,
     sample_ancestral,
@@ -28,7 +29,7 @@ from .diffusion.parameterization import output_channels
 from .models import DiT, DiTConfig, UNet3D
 from .precision import autocast, resolve_precision
 
-__all__ = ["build_schedule", "build_model", "build_dataset", "generate", "load_model", "conditioning",
+__all__ = ["build_schedule", "build_noise", "build_model", "build_dataset", "generate", "load_model", "conditioning",
            "conditioned_denoiser", "run_sampler", "NUM_DIGIT_CLASSES"]
 
 NUM_DIGIT_CLASSES = 10
@@ -43,6 +44,11 @@ def build_schedule(cfg: DiffusionConfig) -> Schedule:
             raise ValueError("diffusion.shift_resolution must be set (> 0) for the shifted-cosine schedule")
         return ShiftedCosineSchedule(cfg.shift_resolution, cfg.reference_resolution, cfg.logsnr_min, cfg.logsnr_max)
     return DDPMLinearSchedule()
+
+
+def build_noise(cfg: DiffusionConfig) -> FrameNoise:
+    """The run's noise distribution: training, the initial z_1 and every sampler draw use this one."""
+    return FrameNoise(cfg.frame_noise_correlation)
 
 
 def model_config(cfg: RunConfig):
@@ -153,17 +159,21 @@ def conditioned_denoiser(model: nn.Module, cfg: RunConfig, cond: dict, uncond: d
 def run_sampler(denoise: Denoise, noise: Tensor, cfg: RunConfig, *, steps: Optional[int] = None,
                 sampler: Optional[str] = None, generator: Optional[torch.Generator] = None,
                 progress: bool = False) -> Tensor:
-    """Run the configured sampler (sample.sampler/steps/eta/gamma, overridable) from `noise`."""
+    """Run the configured sampler (sample.sampler/steps/eta/gamma, overridable) from `noise` (drawn from
+    `build_noise(cfg.diffusion)`, as are the sampler's own draws)."""
     s = cfg.sample
     steps, sampler = steps or s.steps, sampler or s.sampler
     schedule = build_schedule(cfg.diffusion)
     if sampler not in ("ddim", "ancestral"):
         raise ValueError(f"sampler must be 'ddim' or 'ancestral'; got {sampler!r}")
     # Only the network runs in the autocast format: Denoiser returns x̂ in z's dtype (fp32).
+    draw = build_noise(cfg.diffusion).like
     with autocast(resolve_precision(s.precision, noise.device), noise.device):
         if sampler == "ddim":
-            return sample_ddim(denoise, noise, schedule, steps, eta=s.eta, generator=generator, progress=progress)
-        return sample_ancestral(denoise, noise, schedule, steps, gamma=s.gamma, generator=generator, progress=progress)
+            return sample_ddim(denoise, noise, schedule, steps, eta=s.eta, generator=generator, progress=progress,
+                               noise_sampler=draw)
+        return sample_ancestral(denoise, noise, schedule, steps, gamma=s.gamma, generator=generator,
+                                progress=progress, noise_sampler=draw)
 
 
 @torch.no_grad()
@@ -184,11 +194,12 @@ def generate(model: nn.Module, cfg: RunConfig, num: int, *, steps: Optional[int]
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
+    prior = build_noise(cfg.diffusion)
     cond, uncond = conditioning(model, num, labels=labels, prompts=prompts, seed=seed, device=device)
     out = []
     for start in range(0, num, batch_size):
         n = min(batch_size, num - start)
-        noise = torch.randn((n, cfg.data.channels, frames, cfg.data.height, cfg.data.width), generator=gen, device=device)
+        noise = prior((n, cfg.data.channels, frames, cfg.data.height, cfg.data.width), generator=gen, device=device)
         denoise = conditioned_denoiser(model, cfg, _rows(cond, start, n), _rows(uncond, start, n), guidance)
         out.append(run_sampler(denoise, noise, cfg, steps=steps, sampler=sampler, generator=gen,
                                progress=progress).float().cpu())
@@ -197,7 +208,8 @@ def generate(model: nn.Module, cfg: RunConfig, num: int, *, steps: Optional[int]
 
 
 def load_model(checkpoint: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[RunConfig, nn.Module]:
-    """Rebuild a run's network from a checkpoint folder alone (config.toml + safetensors)."""
+    """Rebuild a run's network from a checkpoint folder alone (config.toml + safetensors), a run folder,
+    or a shipped model's name (`kinema.pretrained`)."""
     from safetensors.torch import load_file
 
     from .config import load_config
@@ -206,7 +218,12 @@ def load_model(checkpoint: str | Path, weights: str = "ema", device: str | torch
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model'; got {weights!r}")
     path = resolve_checkpoint(checkpoint)
+    file = path / f"{weights}.safetensors"
+    if not file.is_file():
+        other = "model" if weights == "ema" else "ema"
+        raise FileNotFoundError(f"{path}: holds no {weights} weights ({file.name}); use --weights {other}")
     cfg = load_config(path / "config.toml")
     model = build_model(cfg).to(device)
-    model.load_state_dict(load_file(str(path / f"{weights}.safetensors"), device=str(device)))
+    # load_state_dict casts: half-precision exports load into the fp32 network
+    model.load_state_dict(load_file(str(file), device=str(device)))
     return cfg, model.eval()

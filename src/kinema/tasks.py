@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .config import RunConfig
 from .diffusion import ReconstructionGuidance, Replacement, SuperResolutionGuidance
-from .pipeline import build_schedule, conditioned_denoiser, conditioning, run_sampler
+from .pipeline import build_noise, build_schedule, conditioned_denoiser, conditioning, run_sampler
 
 __all__ = ["fill_frames", "plan_windows", "Window", "predict", "extend", "interpolate", "upsample", "check_clip", "METHODS"]
 
@@ -129,6 +129,7 @@ def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence
     device = next(model.parameters()).device
     schedule = build_schedule(cfg.diffusion)
     gen = torch.Generator(device=device).manual_seed(seed)
+    prior = build_noise(cfg.diffusion)
     cond, uncond = conditioning(model, B, labels=labels, prompts=prompts, seed=seed, device=device)
     was_training = model.training
     model.eval()
@@ -140,12 +141,13 @@ def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence
         if win.known:
             frames = out[:, :, span][:, :, list(win.known)]
             if low_res is not None or method == "replacement" or weight == 0:
-                denoise = Replacement(denoise, schedule, frames, win.known, generator=gen)
+                denoise = Replacement(denoise, schedule, frames, win.known, generator=gen, noise_sampler=prior.like)
             else:
-                denoise = ReconstructionGuidance(denoise, schedule, frames, win.known, weight, generator=gen)
+                denoise = ReconstructionGuidance(denoise, schedule, frames, win.known, weight, generator=gen,
+                                                 noise_sampler=prior.like)
         if low_res is not None:
             denoise = SuperResolutionGuidance(denoise, schedule, low_res[:, :, span].to(device), sr_weight)
-        noise = torch.randn(out[:, :, span].shape, generator=gen, device=device)
+        noise = prior(out[:, :, span].shape, generator=gen, device=device)
         sample = run_sampler(denoise, noise, cfg, steps=steps, sampler=sampler, generator=gen, progress=progress)
         new = [i - win.start for i in win.new]
         out[:, :, list(win.new)] = sample[:, :, new].float()
@@ -228,8 +230,11 @@ def upsample(model: nn.Module, cfg: RunConfig, video: Tensor, *, sr_weight: floa
     """Super-resolve `video` (B, C, N, h, w) to the model's resolution with SR guidance (spec A8).
 
     Consecutive windows overlap by `overlap` frames; the overlap is imposed by replacement, so
-    that the high-resolution frames agree across windows.
+    that the high-resolution frames agree across windows (reconstruction guidance inside SR guidance
+    would need a double backward), hence no `method` or `weight` here.
     """
+    if kwargs.pop("method", "replacement") != "replacement" or kwargs.pop("weight", 0.0):
+        raise ValueError("upsample imposes window overlaps by replacement: method and weight do not apply")
     video = check_clip(video, cfg, "low-resolution video", spatial=False)
     B, C, N, h, w = video.shape
     d = cfg.data
@@ -237,4 +242,4 @@ def upsample(model: nn.Module, cfg: RunConfig, video: Tensor, *, sr_weight: floa
         raise ValueError(f"the video is {h}×{w}: upsampling needs frames smaller than the model's {d.height}×{d.width}")
     out = torch.zeros(B, C, N, d.height, d.width)
     return fill_frames(model, cfg, out, torch.zeros(N, dtype=torch.bool), low_res=video.float(),
-                       sr_weight=sr_weight, **kwargs)
+                       sr_weight=sr_weight, method="replacement", **kwargs)

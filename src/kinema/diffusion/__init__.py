@@ -12,6 +12,7 @@ from .guidance import (
     static_threshold,
 )
 from .losses import diffusion_loss, sample_times
+from .noise import FrameNoise
 from .parameterization import Denoiser, loss_weight, noise_level, x_from_output
 from .samplers import ancestral_step, ddim_step, langevin_step, sample_ancestral, sample_ddim, time_grid
 from .schedules import (
@@ -25,7 +26,7 @@ from .schedules import (
 __all__ = [
     "ClassifierFreeGuidance", "Conditioned", "Replacement", "ReconstructionGuidance", "SuperResolutionGuidance",
     "area_downsample", "Thresholded", "dynamic_threshold", "static_threshold",
-    "diffusion_loss", "sample_times", "Denoiser", "loss_weight", "noise_level", "x_from_output",
+    "diffusion_loss", "sample_times", "FrameNoise", "Denoiser", "loss_weight", "noise_level", "x_from_output",
     "ancestral_step", "ddim_step", "langevin_step", "sample_ancestral", "sample_ddim", "time_grid",
     "CosineSchedule", "DDPMLinearSchedule", "InterpolatedCosineSchedule", "Schedule", "ShiftedCosineSchedule",
 ]

@@ -136,10 +136,16 @@ class Replacement:
 
     The replacement writes into a copy of z, so gradients flow to z^b through it: an outer
     wrapper (e.g. `SuperResolutionGuidance`) can differentiate through a `Replacement`.
+
+    `noise_sampler(like, generator)` draws the fresh noise (default standard normal). For a model
+    trained with frame-correlated noise pass `FrameNoise(ρ).like`: the known frames then share a
+    component among themselves, though not with the unknown frames' noise (which z_t does not reveal),
+    so the draw is right per frame and only approximately right jointly.
     """
 
     def __init__(self, denoise: Denoise, schedule: Schedule, known: Tensor, positions: Sequence[int],
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None,
+                 noise_sampler: Optional[Callable[[Tensor, Optional[torch.Generator]], Tensor]] = None):
         positions = [int(p) for p in positions]
         if known.ndim != 5:
             raise ValueError(f"known frames must have shape (B, C, K, H, W); got {tuple(known.shape)}")
@@ -148,7 +154,7 @@ class Replacement:
         if len(set(positions)) != len(positions) or min(positions, default=0) < 0:
             raise ValueError(f"positions must be distinct non-negative frame indices; got {positions}")
         self.denoise, self.schedule, self.generator = denoise, schedule, generator
-        self.known, self.positions = known, positions
+        self.known, self.positions, self.noise_sampler = known, positions, noise_sampler
 
     def _check(self, z: Tensor) -> None:
         B, C, F_, H, W = z.shape
@@ -164,9 +170,13 @@ class Replacement:
         self._check(z)
         alpha, sigma = self.schedule.alpha_sigma(t)
         alpha, sigma = broadcast_like(alpha, z).to(z.dtype), broadcast_like(sigma, z).to(z.dtype)
-        noise = torch.randn(self.known.shape, generator=self.generator, device=z.device, dtype=z.dtype)
+        like = self.known.to(device=z.device, dtype=z.dtype)
+        if self.noise_sampler is not None:
+            noise = self.noise_sampler(like, self.generator)
+        else:
+            noise = torch.randn(like.shape, generator=self.generator, device=z.device, dtype=z.dtype)
         replaced = z.clone()  # indexing a clone keeps z^b differentiable; z^a gets no gradient
-        replaced[:, :, self.positions] = alpha * self.known.to(device=z.device, dtype=z.dtype) + sigma * noise
+        replaced[:, :, self.positions] = alpha * like + sigma * noise
         return replaced
 
     def paste(self, x_hat: Tensor) -> Tensor:
@@ -190,8 +200,9 @@ class ReconstructionGuidance(Replacement):
     """
 
     def __init__(self, denoise: Denoise, schedule: Schedule, known: Tensor, positions: Sequence[int],
-                 weight: float, generator: Optional[torch.Generator] = None):
-        super().__init__(denoise, schedule, known, positions, generator)
+                 weight: float, generator: Optional[torch.Generator] = None,
+                 noise_sampler: Optional[Callable[[Tensor, Optional[torch.Generator]], Tensor]] = None):
+        super().__init__(denoise, schedule, known, positions, generator, noise_sampler)
         self.weight = _check_weight(weight, "reconstruction guidance weight")
 
     def __call__(self, z: Tensor, t: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ example so that a trainer can weight, mask or all-reduce it as it likes.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -52,19 +52,24 @@ def diffusion_loss(
     noise: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
     min_snr_gamma: float = 5.0,
+    noise_sampler: Optional[Callable[[Tensor, Optional[torch.Generator]], Tensor]] = None,
 ) -> Tensor:
     """Per-example loss, shape (B,), for clean data x of shape (B, C, ...).
 
     `network(z, noise_level, **cond)` returns the prediction in the given parameterization. The error
     is measured in that native space and rescaled to the requested weighting on x (see
-    `loss_weight`), which is exact and numerically stable at both ends of the schedule.
+    `loss_weight`), which is exact and numerically stable at both ends of the schedule. ε is
+    `noise` if given, else `noise_sampler(x, generator)` (the samplers' contract, e.g. `FrameNoise.like`
+    for noise correlated across frames), else standard normal.
     """
     if x.ndim < 2:
         raise ValueError(f"x must have shape (B, C, ...); got {tuple(x.shape)}")
     batch = x.shape[0]
     if t is None:
         t = sample_times(batch, generator=generator, device=x.device)
-    if noise is None:
+    if noise is None and noise_sampler is not None:
+        noise = noise_sampler(x, generator)
+    elif noise is None:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     if noise.shape != x.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)} but x has shape {tuple(x.shape)}")

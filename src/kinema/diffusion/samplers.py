@@ -5,6 +5,11 @@ conditioning. Conditioning and guidance are wrappers that produce another denois
 (`kinema.diffusion.guidance`). `t` passed to the denoiser is a tensor of shape (B,).
 
 Times run over a grid 1 = t_0 > t_1 > … > t_N = 0. The step into s = 0 returns x̂ itself.
+
+Every fresh noise draw (ancestral steps, DDIM with η > 0, the Langevin corrector) goes through
+`noise_sampler(z, generator)`, plain `torch.randn` by default; a model trained with noise correlated
+across frames passes `FrameNoise(ρ).like` (see `kinema.diffusion.noise`), as k-diffusion's samplers
+take a `noise_sampler`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ __all__ = [
 ]
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
+NoiseSampler = Callable[[Tensor, Optional[torch.Generator]], Tensor]
 Callback = Callable[[Dict[str, Any]], None]
 GRIDS = ("uniform", "trailing", "leading", "logsnr")
 
@@ -163,7 +169,7 @@ def _resolve_times(steps: Optional[int], times: Optional[Tensor], grid: str, sch
 
 def _sample(step_fn, denoise: Denoise, noise: Tensor, schedule: Schedule, times: Tensor, *,
             generator: Optional[torch.Generator], callback: Optional[Callback], progress: bool,
-            langevin_steps: int, langevin_delta: float, description: str) -> Tensor:
+            langevin_steps: int, langevin_delta: float, description: str, noise_sampler: NoiseSampler) -> Tensor:
     z = noise
     pairs = list(zip(times[:-1].tolist(), times[1:].tolist()))
     for i, (t, s) in enumerate(tqdm(pairs, desc=description, disable=not progress, leave=False)):
@@ -171,7 +177,7 @@ def _sample(step_fn, denoise: Denoise, noise: Tensor, schedule: Schedule, times:
         z = step_fn(z, x_hat, t, s, generator)
         if s > 0.0:
             for _ in range(langevin_steps):
-                z = langevin_step(denoise, z, s, schedule, langevin_delta, _randn_like(z, generator))
+                z = langevin_step(denoise, z, s, schedule, langevin_delta, noise_sampler(z, generator))
         if callback is not None:
             callback({"i": i, "t": t, "s": s, "z": z, "x_hat": x_hat})
     return z
@@ -181,7 +187,8 @@ def _sample(step_fn, denoise: Denoise, noise: Tensor, schedule: Schedule, times:
 def sample_ddim(denoise: Denoise, noise: Tensor, schedule: Schedule, steps: Optional[int] = 50, *,
                 eta: float = 0.0, grid: str = "uniform", times: Optional[Tensor] = None,
                 generator: Optional[torch.Generator] = None, callback: Optional[Callback] = None,
-                progress: bool = False, langevin_steps: int = 0, langevin_delta: float = 0.1) -> Tensor:
+                progress: bool = False, langevin_steps: int = 0, langevin_delta: float = 0.1,
+                noise_sampler: Optional[NoiseSampler] = None) -> Tensor:
     """DDIM sampling from `noise` (taken as z at the first grid time, normally t = 1).
 
     `times` overrides `steps`/`grid` with an explicit decreasing grid. `generator` seeds every noise
@@ -190,19 +197,23 @@ def sample_ddim(denoise: Denoise, noise: Tensor, schedule: Schedule, steps: Opti
     if eta < 0:
         raise ValueError(f"eta must be non-negative; got {eta}")
 
+    draw = noise_sampler or _randn_like
+
     def step(z, x_hat, t, s, gen):
-        return ddim_step(z, x_hat, t, s, schedule, eta, _randn_like(z, gen) if eta > 0 and s > 0 else None)
+        return ddim_step(z, x_hat, t, s, schedule, eta, draw(z, gen) if eta > 0 and s > 0 else None)
 
     return _sample(step, denoise, noise, schedule, _resolve_times(steps, times, grid, schedule),
                    generator=generator, callback=callback, progress=progress,
-                   langevin_steps=langevin_steps, langevin_delta=langevin_delta, description="DDIM")
+                   langevin_steps=langevin_steps, langevin_delta=langevin_delta, description="DDIM",
+                   noise_sampler=draw)
 
 
 @torch.no_grad()
 def sample_ancestral(denoise: Denoise, noise: Tensor, schedule: Schedule, steps: Optional[int] = 256, *,
                      gamma: float = 0.1, grid: str = "uniform", times: Optional[Tensor] = None,
                      generator: Optional[torch.Generator] = None, callback: Optional[Callback] = None,
-                     progress: bool = False, langevin_steps: int = 0, langevin_delta: float = 0.1) -> Tensor:
+                     progress: bool = False, langevin_steps: int = 0, langevin_delta: float = 0.1,
+                noise_sampler: Optional[NoiseSampler] = None) -> Tensor:
     """Ancestral sampling (VDM): posterior mean plus noise with log-variance interpolation γ.
 
     γ = 0 uses the posterior ("small") variance, γ = 1 the forward ("large") one. With
@@ -211,9 +222,12 @@ def sample_ancestral(denoise: Denoise, noise: Tensor, schedule: Schedule, steps:
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must lie in [0, 1]; got {gamma}")
 
+    draw = noise_sampler or _randn_like
+
     def step(z, x_hat, t, s, gen):
-        return ancestral_step(z, x_hat, t, s, schedule, gamma, _randn_like(z, gen) if s > 0 else None)
+        return ancestral_step(z, x_hat, t, s, schedule, gamma, draw(z, gen) if s > 0 else None)
 
     return _sample(step, denoise, noise, schedule, _resolve_times(steps, times, grid, schedule),
                    generator=generator, callback=callback, progress=progress,
-                   langevin_steps=langevin_steps, langevin_delta=langevin_delta, description="ancestral")
+                   langevin_steps=langevin_steps, langevin_delta=langevin_delta, description="ancestral",
+                   noise_sampler=draw)

@@ -1,6 +1,6 @@
 """The VDM 3D U-Net, factorized over space and time (Ho et al. 2022; spec B1).
 
-Per level: [ResBlock(1×3×3 convs, + embedding) → (SpatialAttention → TemporalAttention)] × blocks,
+Per level: [ResBlock(1×3×3 convs, + embedding) → (TemporalConv) → (SpatialAttention → TemporalAttention)] × blocks,
 then a spatial-only 2× downsample; the middle is ResBlock → attention pair → ResBlock; the up path
 mirrors it with skip concatenations (blocks + 1 per level, as in DDPM). The frame count never changes.
 
@@ -8,6 +8,9 @@ Implementation choices the paper leaves open (spec B1), flagged here:
 - GroupNorm per frame and SiLU; the embedding enters each ResBlock as a scale and shift (FiLM).
 - Relative positions in temporal attention: a learned per-head bias over clipped frame offsets.
 - Text conditioning: attention pooling added to the embedding (see `TextPooling`).
+- Optional (`temporal_conv` > 0): a residual convolution over frames after every ResBlock, at every
+  level including full resolution where there is no attention (Make-A-Video's pseudo-3D convolution,
+  Imagen Video's super-resolution models); see `TemporalConv`.
 
 The network knows nothing of noise schedules: it maps (z, noise_level, conditioning, frame_mask)
 to an output of z's shape (twice the channels for the "both" parameterization).
@@ -46,6 +49,7 @@ class UNet3DConfig:
     emb_dim: Optional[int] = None  # default: 4 × base_channels
     emb_mlp_layers: int = 2
     temporal_attention: bool = True  # False: a per-frame image model (for ablations and tests)
+    temporal_conv: int = 0  # kernel size (odd) of a residual conv over frames after every ResBlock; 0: none
     max_relative_distance: int = 32
     num_classes: int = 0  # 0: no class conditioning
     text_dim: int = 0  # 0: no text conditioning
@@ -61,6 +65,8 @@ class UNet3DConfig:
         for level in self.attention_levels:
             if not 0 <= level < len(self.channel_mults):
                 raise ValueError(f"attention_levels entry {level} is not a level of channel_mults {self.channel_mults}")
+        if self.temporal_conv < 0 or (self.temporal_conv and self.temporal_conv % 2 == 0):
+            raise ValueError(f"temporal_conv must be 0 (none) or an odd kernel size; got {self.temporal_conv}")
         for name in ("in_channels", "base_channels", "blocks_per_level", "head_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
@@ -116,6 +122,36 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+class TemporalConv(nn.Module):
+    """x + Conv1d_over_frames(SiLU(GroupNorm(x))) at every pixel, zero-initialised (starts as the identity).
+
+    Attention mixes frames only where the U-Net attends (the coarse levels); this mixes neighbouring
+    frames at every level, so fine detail such as a digit's strokes is shared between frames. Frames
+    marked as independent images (`frame_mask` False, joint training) neither see nor are seen by
+    other frames: their inputs are zeroed for the others and they keep only the kernel's centre tap.
+    """
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.conv = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: Tensor, frames: int, frame_mask: Optional[Tensor] = None) -> Tensor:
+        """x: (B·F, C, H, W); frame_mask: optional (B, F) bool, False = independent image."""
+        _, _, height, width = x.shape
+        h = rearrange(F.silu(self.norm(x)), "(b f) c h w -> (b h w) c f", f=frames)
+        if frame_mask is None:
+            h = self.conv(h)
+        else:
+            keep = frame_mask.repeat_interleave(height * width, dim=0)[:, None, :]  # (B·H·W, 1, F)
+            centre = self.conv.kernel_size[0] // 2
+            alone = F.conv1d(h, self.conv.weight[:, :, centre:centre + 1], self.conv.bias)
+            h = torch.where(keep, self.conv(h * keep.to(h.dtype)), alone)
+        return x + rearrange(h, "(b h w) c f -> (b f) c h w", h=height, w=width)
+
+
 class AttentionPair(nn.Module):
     """Spatial attention followed by temporal attention (VDM: one after every spatial block)."""
 
@@ -130,15 +166,19 @@ class AttentionPair(nn.Module):
 
 
 class Level(nn.Module):
-    """A ResBlock with its optional attention pair: the unit of gradient checkpointing."""
+    """A ResBlock with its optional temporal conv and attention pair: the unit of gradient checkpointing."""
 
     def __init__(self, in_ch: int, out_ch: int, cfg: UNet3DConfig, emb_dim: int, attend: bool):
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout)
+        self.temporal_conv = TemporalConv(out_ch, cfg.temporal_conv) if cfg.temporal_conv else None
         self.attn = AttentionPair(out_ch, cfg.head_dim, cfg.temporal_attention, cfg.max_relative_distance) if attend else None
 
-    def forward(self, x: Tensor, emb: Tensor, frames: int, allowed: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, frames: int, allowed: Optional[Tensor],
+                frame_mask: Optional[Tensor] = None) -> Tensor:
         x = self.res(x, emb)
+        if self.temporal_conv is not None:
+            x = self.temporal_conv(x, frames, frame_mask)
         return self.attn(x, frames, allowed) if self.attn is not None else x
 
 
@@ -191,10 +231,11 @@ class UNet3D(nn.Module):
         """Label of the learned "no class" embedding (classifier-free guidance), or None."""
         return self.class_embedding.null_class if self.class_embedding is not None else None
 
-    def _run(self, block: Level, x: Tensor, emb: Tensor, frames: int, allowed: Optional[Tensor]) -> Tensor:
+    def _run(self, block: Level, x: Tensor, emb: Tensor, frames: int, allowed: Optional[Tensor],
+             frame_mask: Optional[Tensor]) -> Tensor:
         if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, emb, frames, allowed, use_reentrant=False)
-        return block(x, emb, frames, allowed)
+            return checkpoint(block, x, emb, frames, allowed, frame_mask, use_reentrant=False)
+        return block(x, emb, frames, allowed, frame_mask)
 
     def forward(self, z: Tensor, noise_level: Tensor, *, labels: Optional[Tensor] = None,
                 text: Optional[Tensor] = None, text_mask: Optional[Tensor] = None,
@@ -210,6 +251,7 @@ class UNet3D(nn.Module):
         if height % factor or width % factor:
             raise ValueError(f"frame size {height}×{width} must be divisible by {factor} for {len(self.config.channel_mults)} levels")
         allowed = frame_attention_mask(frame_mask, batch, frames)
+        images = frame_mask if allowed is not None else None  # some frames are independent images
 
         emb = conditioning_embedding(noise_level, batch, z.device, self.noise_embedding, self.class_embedding,
                                      self.text_pooling, labels, text, text_mask)
@@ -220,17 +262,17 @@ class UNet3D(nn.Module):
         blocks = iter(self.down)
         for level in range(len(self.config.channel_mults)):
             for _ in range(self.config.blocks_per_level):
-                h = self._run(next(blocks), h, emb, frames, allowed)
+                h = self._run(next(blocks), h, emb, frames, allowed, images)
                 skips.append(h)
             if level < len(self.downsample):
                 h = self.downsample[level](h)
                 skips.append(h)
         for block in self.middle:
-            h = self._run(block, h, emb, frames, allowed)
+            h = self._run(block, h, emb, frames, allowed, images)
         blocks = iter(self.up)
         for i, level in enumerate(reversed(range(len(self.config.channel_mults)))):
             for _ in range(self.config.blocks_per_level + 1):
-                h = self._run(next(blocks), torch.cat([h, skips.pop()], dim=1), emb, frames, allowed)
+                h = self._run(next(blocks), torch.cat([h, skips.pop()], dim=1), emb, frames, allowed, images)
             if level != 0:
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         out = self.output_conv(F.silu(self.output_norm(h)))

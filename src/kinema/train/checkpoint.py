@@ -84,15 +84,21 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder, or a run folder (its newest checkpoint). Errors name the path."""
+    """A checkpoint folder, a run folder (its newest checkpoint), or the name of a shipped model
+    (`kinema.pretrained`, used only when no such path exists). Errors name the path."""
     path = Path(path)
-    if (path / "model.safetensors").is_file() and (path / "config.toml").is_file():
+    if (path / "config.toml").is_file() and any((path / f"{w}.safetensors").is_file() for w in ("model", "ema")):
         return path
     newest = latest_checkpoint(path / "checkpoints")
     if newest is not None:
         return newest
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run or checkpoint folder")
+        from ..pretrained import PRETRAINED, pretrained_dir
+
+        if str(path) in PRETRAINED:
+            return pretrained_dir(str(path))
+        raise FileNotFoundError(f"{path}: no such run or checkpoint folder, nor a shipped model "
+                                f"(shipped: {', '.join(PRETRAINED)})")
     raise FileNotFoundError(f"{path}: neither a checkpoint folder (config.toml + model.safetensors) nor a run folder with checkpoints/")
 
 

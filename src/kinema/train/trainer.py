@@ -28,7 +28,7 @@ from ..config import RunConfig, save_config
 from ..data import ResumableBatchSampler
 from ..diffusion import diffusion_loss
 from ..media import to_uint8, write_videos
-from ..pipeline import build_dataset, build_model, build_schedule, generate
+from ..pipeline import build_dataset, build_model, build_noise, build_schedule, generate
 from ..precision import autocast, resolve_precision
 from .checkpoint import (
     latest_checkpoint,
@@ -157,7 +157,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
                 torch.cuda.set_rng_state(rng_state_from_json(rngs["cuda"]), device)
     net = DistributedDataParallel(model) if world > 1 else model
 
-    schedule = build_schedule(cfg.diffusion)
+    schedule, prior = build_schedule(cfg.diffusion), build_noise(cfg.diffusion)
     dataset = build_dataset(cfg.data, "train", progress=progress and is_main)
     if is_main and hasattr(dataset, "summary"):
         tqdm.write(dataset.summary())
@@ -225,7 +225,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
             sync = net.no_sync() if world > 1 and k < tc.grad_accum - 1 else nullcontext()
             with sync:
                 loss = diffusion_loss(network, schedule, x, prediction=cfg.diffusion.prediction,
-                                      weighting=cfg.diffusion.weighting, cond=cond, generator=gen).mean()
+                                      weighting=cfg.diffusion.weighting, cond=cond, generator=gen,
+                                      noise_sampler=prior.like).mean()
                 scaler.scale(loss / tc.grad_accum).backward()
             total += loss.detach() / tc.grad_accum
         if world > 1:
