@@ -89,3 +89,19 @@ def test_eval_errors_are_one_clear_line(run, tmp_path):
     np.savez(tmp_path / "wrong.npz", other=np.zeros(3))
     result = runner.invoke(main, ["eval", str(run), "--samples", str(tmp_path / "wrong.npz"), "--num", "2"])
     assert result.exit_code == 1 and "'videos'" in result.output
+
+
+def test_eval_label_chooses_the_class_and_is_checked(run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["eval", str(run), "--num", "2", "--steps", "1", "--label", "3", "--quiet"])
+    assert result.exit_code == 1 and "label" in result.output  # an unconditional model takes no labels
+    result = runner.invoke(main, ["eval", str(run), "--num", "2", "--label", "3", "--samples", str(tmp_path / "x.npz")])
+    assert result.exit_code == 1 and "does not apply to --samples" in result.output
+    cond = tmp_path / "cond"
+    train(micro("train.steps=2", "train.class_conditional=true"), cond, progress=False)
+    for label in (3, 10):  # 10 = the null class: unconditional samples of a class-conditional model
+        out = tmp_path / f"e{label}"
+        result = runner.invoke(main, ["eval", str(cond), "--num", "2", "--steps", "1", "--label", str(label),
+                                      "--quiet", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "eval.json").read_text())["sampling"]["labels"] == label

@@ -75,6 +75,9 @@ def test_oracle_validates_on_one_digit(one_digit):
     _check_validation(one_digit, {"recognisability": 0.9, "identity_consistency": 1.0, "count_consistency": 1.0,
                                   "motion_plausibility": 1.0, "count_accuracy": 1.0})
     assert one_digit["frozen"]["oracle_fd"] > 8 * one_digit["real"]["oracle_fd"]
+    # a swap mid-clip breaks one of the 7 adjacent pairs: agreement drops by about 1/7, not to 0
+    real, swapped = one_digit["real"]["adjacent_agreement"], one_digit["swapped"]["adjacent_agreement"]
+    assert real >= 0.97 and real - 0.2 <= swapped <= real - 0.1, (real, swapped)
 
 
 def test_oracle_validates_on_two_digits(two_digits):

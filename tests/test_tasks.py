@@ -197,6 +197,11 @@ def test_cli_predict_extend_interpolate_upsample(tmp_path):
     result = runner.invoke(main, ["predict", str(ck), "--context", str(bad), "--frames", "2", "--fit", "--steps", "1",
                                   "--out", str(tmp_path / "fit.npz")])
     assert result.exit_code == 0, result.output
+    # upsample offers no --weight it would ignore, and the Python API refuses one
+    result = runner.invoke(main, ["upsample", str(ck), "--video", str(small), "--weight", "3"])
+    assert result.exit_code == 2 and "--weight" in result.output
+    with pytest.raises(ValueError, match="method and weight do not apply"):
+        tasks.upsample(model, cfg, torch.zeros(1, 3, 2, 8, 8), weight=3.0)
     result = runner.invoke(main, ["extend", str(ck), "--length", "8", "--prompt", "a 3 moving up"])
     assert result.exit_code == 1 and "trained without text conditioning" in result.output
 

@@ -211,6 +211,11 @@ def test_report_page(tmp_path):
     page = (tmp_path / "run" / "index.html").read_text()
     assert "<svg" in page and "polyline" in page and "samples/step_000003.gif" in page and "real.gif" in page
     assert (tmp_path / "run" / "real.gif").is_file() and (tmp_path / "run" / "samples" / "step_000003.mp4").is_file()
+    other = tmp_path / "run" / "samples" / "step_000003.gif"
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "run"), "--extra", f"Shipped model={other}"])
+    assert result.exit_code == 0 and "Shipped model" in (tmp_path / "run" / "index.html").read_text()
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "run"), "--extra", "no-title.gif"])
+    assert result.exit_code != 0 and "TITLE=GIF" in result.output
 
 
 def test_grad_accumulation_consumes_micro_batches(tmp_path):

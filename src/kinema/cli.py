@@ -130,7 +130,12 @@ def train(config_file, preset, name, out_dir, resume, quiet, overrides) -> None:
 @click.option("--fps", type=float, help="Frames per second of the written video.")
 @_user_errors
 def sample(run_or_checkpoint, num, steps, sampler, guidance, label, prompt, seed, frames, weights, outs, fps) -> None:
-    """Sample videos from a run folder (its newest checkpoint) or a checkpoint folder."""
+    """Sample videos from a run folder (its newest checkpoint), a checkpoint folder, or a shipped model.
+
+    \b
+    kinema sample moving-digits --num 16 --out digits.gif    the pretrained model inside the package
+    kinema sample runs/tiny --num 4 --out a.mp4 --out a.npz
+    """
     import torch
 
     from .media import to_uint8, write_videos
@@ -147,13 +152,19 @@ def sample(run_or_checkpoint, num, steps, sampler, guidance, label, prompt, seed
         click.echo(f"wrote {len(videos)} videos to {written[0] if len(written) == 1 else Path(out)}")
 
 
-def _task_options(fn):
-    """Options shared by predict / extend / interpolate / upsample (applied bottom-up)."""
+def _task_options(fn=None, *, known_frames: bool = True):
+    """Options shared by predict / extend / interpolate / upsample (applied bottom-up). upsample has no
+    --method/--weight: it imposes window overlaps by replacement only (its SR guidance would otherwise
+    need a double backward), so it offers no option it would ignore."""
+    if fn is None:
+        return functools.partial(_task_options, known_frames=known_frames)
     options = [
         click.option("--method", type=click.Choice(["reconstruction", "replacement"]), default="reconstruction",
                      show_default=True, help="How known frames condition each block (spec A8)."),
         click.option("--weight", "recon_weight", type=float, default=None,
                      help="Reconstruction guidance weight w_r (default: kinema.tasks.DEFAULT_WEIGHT)."),
+    ] if known_frames else []
+    options += [
         click.option("--overlap", type=int, help="Known frames that condition each block (default: half a clip)."),
         click.option("--steps", type=int, help="Sampling steps (default: the run's sample.steps)."),
         click.option("--sampler", type=click.Choice(["ddim", "ancestral"]), help="Default: the run's sample.sampler."),
@@ -282,10 +293,10 @@ def interpolate(checkpoint, video, factor, fit, method, recon_weight, overlap, s
 @click.argument("checkpoint", type=click.Path())
 @click.option("--video", required=True, type=click.Path(dir_okay=False), help="Low-resolution video file or .npz.")
 @click.option("--sr-weight", default=10.0, show_default=True, help="Super-resolution guidance weight.")
-@_task_options
+@_task_options(known_frames=False)
 @_user_errors
-def upsample(checkpoint, video, sr_weight, method, recon_weight, overlap, steps, sampler, guidance, label, prompt,
-             seed, weights, outs, fps) -> None:
+def upsample(checkpoint, video, sr_weight, overlap, steps, sampler, guidance, label, prompt, seed, weights, outs,
+             fps) -> None:
     """Spatial super-resolution to the model's resolution with SR guidance (VDM §3.1).
 
     \b
@@ -296,7 +307,7 @@ def upsample(checkpoint, video, sr_weight, method, recon_weight, overlap, steps,
 
     cfg, model = _task_run(checkpoint, weights)
     clips = read_clips(video, cfg.data.channels)
-    kwargs = _task_kwargs(clips.shape[0], method, recon_weight, overlap, steps, sampler, guidance, label,
+    kwargs = _task_kwargs(clips.shape[0], "replacement", 0.0, overlap, steps, sampler, guidance, label,
                           prompt, seed)
     _write_task(run_upsample(model, cfg, clips, sr_weight=sr_weight, **kwargs), cfg, outs, fps, "upsampled.gif")
 
@@ -321,10 +332,12 @@ def upsample(checkpoint, video, sr_weight, method, recon_weight, overlap, steps,
               help="Score these samples (.npz from `kinema sample --out X.npz`) instead of sampling.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: RUN/eval/step_XXXXXX).")
 @click.option("--batch-size", default=16, show_default=True, help="Videos per sampling batch.")
+@click.option("--label", type=int, help="Class of every sample (class-conditional models; default: random classes; "
+                                        "the null class, e.g. 10 for digits, samples unconditionally).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_user_errors
 def eval_command(run_or_checkpoint, num, steps, sampler, guidance, seed, weights, dataset, path, split, fvd_weights,
-                 samples_file, out, batch_size, quiet) -> None:
+                 samples_file, out, batch_size, label, quiet) -> None:
     """Sample a run, score the samples against real clips: eval.json and eval.html.
 
     \b
@@ -338,7 +351,7 @@ def eval_command(run_or_checkpoint, num, steps, sampler, guidance, seed, weights
     result, folder = evaluate(run_or_checkpoint, out, num=num, steps=steps, sampler=sampler, guidance=guidance,
                               seed=seed, weights=weights, dataset=dataset, path=path, split=split,
                               fvd_weights=fvd_weights, samples_file=samples_file, batch_size=batch_size,
-                              progress=not quiet)
+                              label=label, progress=not quiet)
     metrics = result["metrics"]
     oracle = metrics["oracle"]
     if "samples" in oracle:
@@ -356,6 +369,26 @@ def eval_command(run_or_checkpoint, num, steps, sampler, guidance, seed, weights
     click.echo(f"wrote {folder / 'eval.json'} and {folder / 'eval.html'}")
 
 
+@main.command("export")
+@click.argument("run_or_checkpoint", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Folder to write (must not exist or be empty).")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True,
+              help="Storage format of the weights; they load into an fp32 network.")
+@click.option("--command", "train_command", help="The training command, recorded in state.json.")
+@_user_errors
+def export_command(run_or_checkpoint, out, dtype, train_command) -> None:
+    """Write an inference-only copy of a checkpoint: config.toml, EMA weights, state.json.
+
+    It samples like any checkpoint (`kinema sample OUT`) at about a quarter of the checkpoint's size;
+    kinema's shipped models are made this way.
+    """
+    from .pretrained import export_weights
+
+    folder = export_weights(run_or_checkpoint, out, dtype=dtype, command=train_command)
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    click.echo(f"wrote {folder} ({size / 1e6:.1f} MB)")
+
+
 @main.command()
 def presets() -> None:
     """List the named run presets and network presets."""
@@ -369,6 +402,11 @@ def presets() -> None:
         d = cfg.data
         click.echo(f"  {name:<8} model={cfg.model.summary()} data={d.dataset} "
                    f"{d.frames}x{d.height}x{d.width} batch={cfg.train.batch_size} steps={cfg.train.steps}")
+    from .pretrained import PRETRAINED
+
+    click.echo("shipped pretrained models (kinema sample NAME):")
+    for name, about in PRETRAINED.items():
+        click.echo(f"  {name:<13} {about}")
     click.echo("network presets (model section):")
     for presets, network in ((UNET_PRESETS, UNet3D), (DIT_PRESETS, DiT)):
         for name, mcfg in presets.items():
@@ -408,12 +446,20 @@ def data(dataset, path, num, split, out, preset, overrides) -> None:
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--samples", type=click.Path(dir_okay=False), help="Samples GIF to show (default: RUN/samples.gif or the newest in RUN/samples/).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Default: RUN/index.html")
+@click.option("--extra", "extras", multiple=True, metavar="TITLE=GIF",
+              help="Another video to show beside the samples, e.g. a pretrained model's; repeatable.")
 @_user_errors
-def report(run, samples, out) -> None:
+def report(run, samples, out, extras) -> None:
     """Write an HTML page: samples next to real clips, the training-loss curve, the config."""
     from .report import write_report
 
-    path = write_report(Path(run), Path(samples) if samples else None, Path(out) if out else None)
+    extra = []
+    for item in extras:
+        title, sep, gif = item.rpartition("=")
+        if not sep or not title or not Path(gif).is_file():
+            raise click.BadParameter(f"{item!r}: expected TITLE=GIF with an existing GIF", param_hint="--extra")
+        extra.append((title, Path(gif)))
+    path = write_report(Path(run), Path(samples) if samples else None, Path(out) if out else None, extra=extra)
     click.echo(f"wrote {path}")
 
 

@@ -117,7 +117,7 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
              steps: Optional[int] = None, sampler: Optional[str] = None, guidance: Optional[float] = None,
              seed: Optional[int] = None, weights: str = "ema", dataset: Optional[str] = None,
              path: Optional[str] = None, split: str = "test", fvd_weights: Optional[str | Path] = None,
-             samples_file: Optional[str | Path] = None, batch_size: int = 16,
+             samples_file: Optional[str | Path] = None, batch_size: int = 16, label: Optional[int] = None,
              device: Optional[str | torch.device] = None, progress: bool = True) -> tuple[dict, Path]:
     """Sample (or read `samples_file`), score against `num` real clips, write OUT/eval.json, eval.html and
     sample/real strips. Returns (the eval.json dict, OUT)."""
@@ -150,18 +150,22 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
         baseline = oracle.clip_features(reference_clips(data, split, num, offset=num))
     start = time.time()
     if samples_file is not None:
+        if label is not None:
+            raise ValueError("--label chooses the class of new samples; it does not apply to --samples")
         samples = load_samples(samples_file, data.channels)[:num]
         if len(samples) < num:
             raise ValueError(f"{samples_file}: has {len(samples)} videos; --num {num} asks for more")
         sampling = {"samples_file": str(samples_file)}
     else:
         s = cfg.sample
+        labels = None if label is None else torch.full((num,), label, device=device)
         samples = generate(model, cfg, num, steps=steps, sampler=sampler, guidance=guidance, seed=seed,
-                           device=device, progress=progress, batch_size=batch_size)
+                           labels=labels, device=device, progress=progress, batch_size=batch_size)
         seconds = time.time() - start
         sampling = {"sampler": sampler or s.sampler, "steps": steps or s.steps,
                     "guidance": s.guidance if guidance is None else guidance, "seed": s.seed if seed is None else seed,
-                    "weights": weights, "device": str(device), "seconds": seconds, "seconds_per_video": seconds / num}
+                    "labels": "random" if label is None else label, "weights": weights, "device": str(device),
+                    "seconds": seconds, "seconds_per_video": seconds / num}
     del model
     metrics = score(samples, real[:, :, :samples.shape[2]], data, real_baseline=baseline, fvd_weights=fvd_weights,
                     device=device, batch_size=max(1, batch_size // 2), progress=progress)

@@ -117,6 +117,7 @@ img{{image-rendering:pixelated}} pre{{background:#f6f6f6;padding:1em;overflow:au
 _ORACLE_ROWS = [
     ("recognisability", "recognisability", "frames whose digits are classified with confidence"),
     ("identity_consistency", "identity consistency", "videos whose digits keep their classes"),
+    ("adjacent_agreement", "adjacent agreement", "consecutive frames whose digits have the same classes"),
     ("count_consistency", "count consistency", "videos with the same number of digits in every frame"),
     ("count_accuracy", "count accuracy", "frames with the data's number of digits"),
     ("motion_plausibility", "motion plausibility", "videos moving at constant speed, bouncing only at walls"),

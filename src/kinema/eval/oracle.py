@@ -19,6 +19,9 @@ Metrics, each a fraction in [0, 1] (higher is better) — see `OracleResult`:
   classified with confidence ≥ `confidence`, 0 for a frame without any; averaged over frames;
 * identity consistency — videos whose digits keep their classes: the sorted classes are the same in every frame
   in which all `num_digits` digits are seen separately (at least half of the frames), and no track changes class;
+* adjacent agreement — of the pairs of consecutive frames in which every digit is seen on its own, the fraction
+  whose (sorted) classes agree: a softer identity measure for weak models, where a single changed frame already
+  fails a video's identity;
 * count consistency — videos with the same number of digits in every frame (count accuracy: frames with
   exactly `num_digits` digits);
 * motion plausibility — videos whose every track moves like a Moving Digit: along each axis the speed is
@@ -135,8 +138,11 @@ class OracleResult:
     motion_plausible: np.ndarray  # (N,) bool
     num_digits: int
     details: dict = field(default_factory=dict)
+    # (N, 2): adjacent frame pairs in which every digit is seen on its own, and how many of them agree on the classes
+    adjacent_pairs: Optional[np.ndarray] = None
 
     def summary(self) -> dict[str, float]:
+        pairs = self.adjacent_pairs.sum(0) if self.adjacent_pairs is not None else np.zeros(2)
         return {
             "recognisability": float(self.recognisable.mean()),
             "identity_consistency": float(self.identity_kept.mean()),
@@ -144,6 +150,8 @@ class OracleResult:
             "count_accuracy": float((self.count == self.num_digits).mean()),
             "motion_plausibility": float(self.motion_plausible.mean()),
             "digits_per_frame": float(self.count.mean()),
+            # softer than identity: one changed frame costs one or two pairs, not the whole video
+            "adjacent_agreement": float(pairs[1] / pairs[0]) if pairs[0] else 0.0,
         }
 
 
@@ -292,15 +300,21 @@ class DigitOracle:
         recognisable = sure / np.maximum(singles, 1)  # 0 where no digit is seen on its own
         classes = det.classes
         identity, motion = np.zeros(n, bool), np.zeros(n, bool)
+        adjacent = np.zeros((n, 2), int)
         for v, frames in enumerate(det.per_frame()):
             resolved = [idx for idx in frames if self._resolved(idx, det)]
+            seen = [sorted(classes[idx]) if self._resolved(idx, det) else None for idx in frames]
+            for a, b in zip(seen[:-1], seen[1:]):
+                if a is not None and b is not None:
+                    adjacent[v] += (1, a == b)
             tracks = self._tracks(frames, det)
             same_classes = len({tuple(sorted(classes[idx])) for idx in resolved}) == 1
             tracks_keep_class = all(len(set(classes[t])) == 1 for t in tracks)
             identity[v] = 2 * len(resolved) >= f and same_classes and tracks_keep_class
             judged = [t for t in tracks if len(t) >= 3]
             motion[v] = (bool(judged) or f < 3) and all(self._track_plausible(t, det) for t in judged)
-        return OracleResult(recognisable, count, identity, (count == count[:, :1]).all(1), motion, self.num_digits)
+        return OracleResult(recognisable, count, identity, (count == count[:, :1]).all(1), motion, self.num_digits,
+                            adjacent_pairs=adjacent)
 
     def metrics(self, videos: Tensor) -> dict[str, float]:
         return self.evaluate(videos).summary()
