@@ -330,7 +330,8 @@ def upsample(checkpoint, video, sr_weight, overlap, steps, sampler, guidance, la
                    "Without them FVD is skipped.")
 @click.option("--samples", "samples_file", type=click.Path(dir_okay=False),
               help="Score these samples (.npz from `kinema sample --out X.npz`) instead of sampling.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: RUN/eval/step_XXXXXX).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Output folder (default: RUN/eval/step_XXXXXX; for a shipped model runs/eval/NAME).")
 @click.option("--batch-size", default=16, show_default=True, help="Videos per sampling batch.")
 @click.option("--label", type=int, help="Class of every sample (class-conditional models; default: random classes; "
                                         "the null class, e.g. 10 for digits, samples unconditionally).")

@@ -108,6 +108,10 @@ def score(samples: Tensor, real: Tensor, data: DataConfig, *, real_baseline: Opt
 
 
 def _default_out(checkpoint: Path) -> Path:
+    from .pretrained import HERE
+
+    if checkpoint.resolve().parent == HERE:  # a shipped model: never write into the installed package
+        return Path("runs") / "eval" / checkpoint.name
     if checkpoint.parent.name == "checkpoints":
         return checkpoint.parent.parent / "eval" / checkpoint.name
     return checkpoint / "eval"

@@ -1,0 +1,84 @@
+"""Exported (inference-only) checkpoints and the pretrained model shipped inside the package."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from kinema.cli import main
+from kinema.config import RunConfig, apply_overrides
+from kinema.pipeline import generate, load_model
+from kinema.pretrained import PRETRAINED, export_weights, pretrained_dir
+from kinema.train import train
+from kinema.train.checkpoint import resolve_checkpoint
+
+MICRO = ["model.base_channels=8", "model.channel_mults=1,2", "model.attention_levels=1", "model.head_dim=8",
+         "data.frames=4", "data.height=16", "data.width=16", "data.digit_size=8", "train.batch_size=2",
+         "train.warmup_steps=2", "train.sample_every=0", "train.steps=3", "sample.steps=3", "train.precision=fp32"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pretrained") / "run"
+    train(apply_overrides(RunConfig(name="micro"), MICRO), path, progress=False)
+    return path
+
+
+def test_export_writes_half_precision_ema_weights_that_sample_like_the_checkpoint(run, tmp_path):
+    out = export_weights(run, tmp_path / "exported", command="kinema train ...")
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "ema.safetensors", "state.json"]
+    weights = load_file(str(out / "ema.safetensors"))
+    assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+    state = json.loads((out / "state.json").read_text())
+    assert state["step"] == 3 and state["command"] == "kinema train ..."
+    cfg, exported = load_model(out)
+    _, original = load_model(run)
+    assert next(exported.parameters()).dtype == torch.float32
+    for (name, a), b in zip(original.state_dict().items(), exported.state_dict().values()):
+        torch.testing.assert_close(a.half().float(), b, msg=name)  # exactly the fp16 rounding, nothing else
+    a, b = generate(original, cfg, 2, steps=3), generate(exported, cfg, 2, steps=3)
+    assert (a - b).abs().max() < 1e-2
+    with pytest.raises(FileNotFoundError, match="holds no model weights"):
+        load_model(out, weights="model")
+
+
+def test_export_refuses_to_overwrite_and_cli_reports_the_size(run, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="busy"):
+        export_weights(run, tmp_path / "busy")
+    assert (tmp_path / "busy" / "mine.txt").read_text() == "keep me"
+    result = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "small"), "--dtype", "bf16"])
+    assert result.exit_code == 0, result.output
+    assert "MB" in result.output and (tmp_path / "small" / "ema.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", list(PRETRAINED))
+def test_shipped_models_are_small_complete_and_sample_by_name(name, tmp_path, monkeypatch):
+    folder = pretrained_dir(name)
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size <= 10e6, f"{name} is {size / 1e6:.1f} MB; the package ships at most 10 MB"
+    state = json.loads((folder / "state.json").read_text())
+    assert state["step"] > 0 and state["command"].startswith("kinema train")
+    monkeypatch.chdir(tmp_path)  # by name from anywhere; a run of the same name in the cwd would win
+    assert resolve_checkpoint(name) == folder
+    result = CliRunner().invoke(main, ["sample", name, "--num", "2", "--steps", "2", "--out", "s.npz"])
+    assert result.exit_code == 0, result.output
+    import numpy as np
+
+    cfg, _ = load_model(name)
+    assert np.load(tmp_path / "s.npz")["videos"].shape[:4] == (2, cfg.data.frames, cfg.data.height, cfg.data.width)
+    listing = CliRunner().invoke(main, ["presets"])
+    assert name in listing.output
+    result = CliRunner().invoke(main, ["eval", name, "--num", "2", "--steps", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "eval" / name / "eval.json").is_file()  # never into the installed package
+    assert sorted(p.name for p in folder.iterdir()) == ["config.toml", "ema.safetensors", "state.json"]
+
+
+def test_unknown_names_list_the_shipped_models(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["sample", "no-such-model", "--num", "1"])
+    assert result.exit_code != 0 and "no-such-model" in result.output and "moving-digits" in result.output
