@@ -78,7 +78,8 @@ class UNet3DConfig:
                 raise ValueError(f"channels at level {level} ({self.base_channels * mult}) must be a multiple of head_dim ({self.head_dim})")
 
     def summary(self) -> str:
-        return f"unet3d {self.base_channels}x{list(self.channel_mults)}"
+        conv = f" temporal_conv={self.temporal_conv}" if self.temporal_conv else ""
+        return f"unet3d {self.base_channels}x{list(self.channel_mults)}{conv}"
 
 
 UNET_PRESETS = {
