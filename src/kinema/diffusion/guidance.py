@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .noise import NoiseSampler, randn_like
 from .parameterization import broadcast_like
 from .schedules import Schedule
 
@@ -144,8 +145,7 @@ class Replacement:
     """
 
     def __init__(self, denoise: Denoise, schedule: Schedule, known: Tensor, positions: Sequence[int],
-                 generator: Optional[torch.Generator] = None,
-                 noise_sampler: Optional[Callable[[Tensor, Optional[torch.Generator]], Tensor]] = None):
+                 generator: Optional[torch.Generator] = None, noise_sampler: Optional[NoiseSampler] = None):
         positions = [int(p) for p in positions]
         if known.ndim != 5:
             raise ValueError(f"known frames must have shape (B, C, K, H, W); got {tuple(known.shape)}")
@@ -154,7 +154,7 @@ class Replacement:
         if len(set(positions)) != len(positions) or min(positions, default=0) < 0:
             raise ValueError(f"positions must be distinct non-negative frame indices; got {positions}")
         self.denoise, self.schedule, self.generator = denoise, schedule, generator
-        self.known, self.positions, self.noise_sampler = known, positions, noise_sampler
+        self.known, self.positions, self.noise_sampler = known, positions, noise_sampler or randn_like
 
     def _check(self, z: Tensor) -> None:
         B, C, F_, H, W = z.shape
@@ -171,10 +171,7 @@ class Replacement:
         alpha, sigma = self.schedule.alpha_sigma(t)
         alpha, sigma = broadcast_like(alpha, z).to(z.dtype), broadcast_like(sigma, z).to(z.dtype)
         like = self.known.to(device=z.device, dtype=z.dtype)
-        if self.noise_sampler is not None:
-            noise = self.noise_sampler(like, self.generator)
-        else:
-            noise = torch.randn(like.shape, generator=self.generator, device=z.device, dtype=z.dtype)
+        noise = self.noise_sampler(like, self.generator)
         replaced = z.clone()  # indexing a clone keeps z^b differentiable; z^a gets no gradient
         replaced[:, :, self.positions] = alpha * like + sigma * noise
         return replaced
@@ -201,7 +198,7 @@ class ReconstructionGuidance(Replacement):
 
     def __init__(self, denoise: Denoise, schedule: Schedule, known: Tensor, positions: Sequence[int],
                  weight: float, generator: Optional[torch.Generator] = None,
-                 noise_sampler: Optional[Callable[[Tensor, Optional[torch.Generator]], Tensor]] = None):
+                 noise_sampler: Optional[NoiseSampler] = None):
         super().__init__(denoise, schedule, known, positions, generator, noise_sampler)
         self.weight = _check_weight(weight, "reconstruction guidance weight")
 

@@ -6,11 +6,12 @@ example so that a trainer can weight, mask or all-reduce it as it likes.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor
 
+from .noise import NoiseSampler, randn_like
 from .parameterization import (
     Prediction,
     Weighting,
@@ -52,7 +53,7 @@ def diffusion_loss(
     noise: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
     min_snr_gamma: float = 5.0,
-    noise_sampler: Optional[Callable[[Tensor, Optional[torch.Generator]], Tensor]] = None,
+    noise_sampler: Optional[NoiseSampler] = None,
 ) -> Tensor:
     """Per-example loss, shape (B,), for clean data x of shape (B, C, ...).
 
@@ -67,10 +68,8 @@ def diffusion_loss(
     batch = x.shape[0]
     if t is None:
         t = sample_times(batch, generator=generator, device=x.device)
-    if noise is None and noise_sampler is not None:
-        noise = noise_sampler(x, generator)
-    elif noise is None:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if noise is None:
+        noise = (noise_sampler or randn_like)(x, generator)
     if noise.shape != x.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)} but x has shape {tuple(x.shape)}")
     t = torch.as_tensor(t, device=x.device)

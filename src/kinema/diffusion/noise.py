@@ -15,12 +15,20 @@ preconditioner, the drift −½δσ ε̂ stays as it is). Samplers take it as `n
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["FrameNoise"]
+__all__ = ["FrameNoise", "NoiseSampler", "randn_like"]
+
+# The contract every consumer of fresh noise takes: noise_sampler(like, generator) -> noise of like's shape.
+NoiseSampler = Callable[[Tensor, Optional[torch.Generator]], Tensor]
+
+
+def randn_like(z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Independent standard normal noise of z's shape, device and dtype: the default `NoiseSampler`."""
+    return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
 
 
 class FrameNoise:

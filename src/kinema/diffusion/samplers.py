@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .noise import NoiseSampler, randn_like
 from .parameterization import eps_from_x
 from .schedules import Schedule
 
@@ -35,7 +36,6 @@ __all__ = [
 ]
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
-NoiseSampler = Callable[[Tensor, Optional[torch.Generator]], Tensor]
 Callback = Callable[[Dict[str, Any]], None]
 GRIDS = ("uniform", "trailing", "leading", "logsnr")
 
@@ -90,10 +90,6 @@ def _coefficients(schedule: Schedule, t: Tensor):
     lam = schedule.logsnr(t)
     alpha, sigma = schedule.alpha_sigma(t)
     return float(alpha), float(sigma), float(lam)
-
-
-def _randn_like(z: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
 
 
 def ddim_step(z: Tensor, x_hat: Tensor, t: float, s: float, schedule: Schedule, eta: float = 0.0,
@@ -197,7 +193,7 @@ def sample_ddim(denoise: Denoise, noise: Tensor, schedule: Schedule, steps: Opti
     if eta < 0:
         raise ValueError(f"eta must be non-negative; got {eta}")
 
-    draw = noise_sampler or _randn_like
+    draw = noise_sampler or randn_like
 
     def step(z, x_hat, t, s, gen):
         return ddim_step(z, x_hat, t, s, schedule, eta, draw(z, gen) if eta > 0 and s > 0 else None)
@@ -213,7 +209,7 @@ def sample_ancestral(denoise: Denoise, noise: Tensor, schedule: Schedule, steps:
                      gamma: float = 0.1, grid: str = "uniform", times: Optional[Tensor] = None,
                      generator: Optional[torch.Generator] = None, callback: Optional[Callback] = None,
                      progress: bool = False, langevin_steps: int = 0, langevin_delta: float = 0.1,
-                noise_sampler: Optional[NoiseSampler] = None) -> Tensor:
+                     noise_sampler: Optional[NoiseSampler] = None) -> Tensor:
     """Ancestral sampling (VDM): posterior mean plus noise with log-variance interpolation γ.
 
     γ = 0 uses the posterior ("small") variance, γ = 1 the forward ("large") one. With
@@ -222,7 +218,7 @@ def sample_ancestral(denoise: Denoise, noise: Tensor, schedule: Schedule, steps:
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must lie in [0, 1]; got {gamma}")
 
-    draw = noise_sampler or _randn_like
+    draw = noise_sampler or randn_like
 
     def step(z, x_hat, t, s, gen):
         return ancestral_step(z, x_hat, t, s, schedule, gamma, draw(z, gen) if s > 0 else None)

@@ -302,13 +302,14 @@ class DigitOracle:
         identity, motion = np.zeros(n, bool), np.zeros(n, bool)
         adjacent = np.zeros((n, 2), int)
         for v, frames in enumerate(det.per_frame()):
-            resolved = [idx for idx in frames if self._resolved(idx, det)]
-            seen = [sorted(classes[idx]) if self._resolved(idx, det) else None for idx in frames]
+            # per frame: its sorted classes if every digit is seen on its own, else None
+            seen = [tuple(sorted(classes[idx])) if self._resolved(idx, det) else None for idx in frames]
+            resolved = [s for s in seen if s is not None]
             for a, b in zip(seen[:-1], seen[1:]):
                 if a is not None and b is not None:
                     adjacent[v] += (1, a == b)
             tracks = self._tracks(frames, det)
-            same_classes = len({tuple(sorted(classes[idx])) for idx in resolved}) == 1
+            same_classes = len(set(resolved)) == 1
             tracks_keep_class = all(len(set(classes[t])) == 1 for t in tracks)
             identity[v] = 2 * len(resolved) >= f and same_classes and tracks_keep_class
             judged = [t for t in tracks if len(t) >= 3]
