@@ -2,9 +2,11 @@
 
     python benchmarks/oracle_validation.py [--num 256] [--seed 0] [--json out.json] [--fvd-weights I3D_WEIGHTS]
 
-For each data setting (one digit, 8 frames of 32×32: the `tiny` preset; two digits, 16 frames of 64×64), scores
-N real clips of the held-out test split and the same clips corrupted (frames shuffled; the first digit swapped for
-another class mid-clip; frozen in place; jumping to another position mid-clip; see kinema.eval.corruptions).
+For each data setting (one digit, 8 frames of 16×16: the `tiny16` preset and the shipped model; one digit, 8 frames
+of 32×32: the `tiny` preset; two digits, 16 frames of 64×64), scores N real clips of the held-out test split, the
+same clips corrupted (frames shuffled; the first digit swapped for another class mid-clip; frozen in place; jumping
+to another position mid-clip) and the control (every frame redrawn with its own blur, contrast and noise, which
+motion plausibility must not penalise); see kinema.eval.corruptions.
 The oracle Fréchet distance of each row is against N *other* held-out clips, so the real row's value is the noise
 floor at this N. With --fvd-weights, an FVD column is added (against the same N other clips): FVD's content bias,
 measured on our data.
@@ -18,26 +20,28 @@ import time
 
 import torch
 
-from kinema.eval.corruptions import CORRUPTIONS, corrupt, format_table, validation_table
+from kinema.eval.corruptions import CONTROLS, CORRUPTIONS, corrupt, format_table, validation_table
 
 SETTINGS = {
-    "1 digit, 8×32×32": dict(frames=8, size=32, num_digits=1),
-    "2 digits, 16×64×64": dict(frames=16, size=64, num_digits=2),
+    "1 digit, 8×16×16": dict(frames=8, size=16, num_digits=1, digit_size=8, speed=(0.5, 1.5)),
+    "1 digit, 8×32×32": dict(frames=8, size=32, num_digits=1, digit_size=14, speed=(1.0, 3.0)),
+    "2 digits, 16×64×64": dict(frames=16, size=64, num_digits=2, digit_size=14, speed=(1.0, 3.0)),
 }
 
 
-def fvd_column(weights: str, num: int, frames: int, size: int, num_digits: int, seed: int) -> dict[str, float]:
+def fvd_column(weights: str, num: int, frames: int, size: int, num_digits: int, digit_size: int,
+               speed: tuple[float, float], seed: int) -> dict[str, float]:
     from kinema.data import MovingDigits
     from kinema.eval import frechet_distance_from_features
     from kinema.eval.i3d import i3d_features, load_i3d
 
-    ds = MovingDigits("test", frames, size, num_digits, seed=seed)
+    ds = MovingDigits("test", frames, size, num_digits, digit_size, speed, seed=seed)
     items = [ds[i] for i in range(num)]
     reference = torch.stack([ds[num + i]["video"] for i in range(num)])
     i3d = load_i3d(weights)
     ref = i3d_features(i3d, reference, progress=True)
     rows = {"real": torch.stack([it["video"] for it in items])}
-    rows.update({kind: corrupt(ds, items, kind, seed) for kind in CORRUPTIONS})
+    rows.update({kind: corrupt(ds, items, kind, seed) for kind in (*CORRUPTIONS, *CONTROLS)})
     return {name: frechet_distance_from_features(ref, i3d_features(i3d, v, progress=True)) for name, v in rows.items()}
 
 

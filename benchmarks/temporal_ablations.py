@@ -2,13 +2,14 @@
 `kinema eval`'s Moving Digits oracle.
 
     python benchmarks/temporal_ablations.py [--minutes 5] [--num 64] [--steps 25] [--out-dir runs/abl]
-        [--only base,tconv,...] [--collect]
+        [--only base,tconv,...] [--collect | --rescore]
 
 Every variant is `kinema train --preset tiny` on 8 frames of 16×16 Moving Digits (one 8-pixel digit, speed 0.5–1.5
 pixels per frame) for the same wall-clock budget (`train.time_limit_minutes`), with one setting changed, then
 `kinema eval RUN --num N --steps S` (DDIM, EMA weights, seed 0, held-out real clips). Runs go one after another,
 never side by side: on a 2-core machine two trainings at once slow each other unevenly, and a time-limited run
-measures the machine as much as the method. `--collect` only reads finished runs in OUT_DIR.
+measures the machine as much as the method. `--collect` only reads finished runs in OUT_DIR; `--rescore` samples and
+scores finished runs again (the same samples: sampling is seeded) — after a change to the oracle.
 
 Prints a table and writes OUT_DIR/ablations.json (and benchmarks/results/temporal_ablations.json with --save).
 """
@@ -55,6 +56,11 @@ def run_variant(name: str, variant: Variant, args) -> None:
                       f"train.time_limit_minutes={args.minutes}", "train.sample_every=0",
                       "train.checkpoint_every=100000", *variant.overrides]
     subprocess.run(train, check=True)
+    evaluate_variant(name, variant, args)
+
+
+def evaluate_variant(name: str, variant: Variant, args) -> None:
+    kinema = [sys.executable, "-m", "kinema"]
     subprocess.run(kinema + ["eval", str(args.out_dir / name), "--num", str(args.num), "--steps", str(args.steps),
                              "--quiet", *variant.eval_args, "--out", str(args.out_dir / name / "eval")], check=True)
 
@@ -80,13 +86,17 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("runs/abl"))
     parser.add_argument("--only", help="Comma-separated variants (default: all).")
     parser.add_argument("--collect", action="store_true", help="Only read finished runs.")
+    parser.add_argument("--rescore", action="store_true", help="Sample and score finished runs again, no training.")
     parser.add_argument("--save", action="store_true", help="Also write benchmarks/results/temporal_ablations.json.")
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    if not args.collect:
+    if args.rescore:
+        for name in names:
+            evaluate_variant(name, VARIANTS[name], args)
+    elif not args.collect:
         for name in names:
             run_variant(name, VARIANTS[name], args)
     rows = [collect(n, args.out_dir) for n in names if (args.out_dir / n / "eval" / "eval.json").is_file()]

@@ -1,25 +1,28 @@
 """kinema against the public peer video-diffusion-pytorch 0.7.0: same data, same wall-clock, scored by the oracle.
 
     python benchmarks/vs_peer.py [--minutes 10] [--num 64] [--batch 16] [--kinema-steps 50] [--peer-steps 50]
-                                 [--out runs/vs_peer]
+                                 [--guidance 1] [--out runs/vs_peer]
 
-Both models train on the train split of Moving Digits as the `tiny` preset configures it (one digit, 8 frames of
-32×32, grey) for the same wall-clock budget, each from its own defaults:
+Both models train on the train split of Moving Digits as the `tiny16` preset configures it (one 8-pixel digit,
+8 frames of 16×16, grey, 0.5-1.5 px/frame), class-conditional with 20% of the labels dropped (classifier-free
+guidance), for the same wall-clock budget, each from its own defaults otherwise:
 
-* kinema: the `tiny` preset (3.2 M parameters; v-prediction, v-MSE, cosine log-SNR schedule, AdamW 5e-4, EMA
-  0.999 with warm-up), samples from the EMA weights with DDIM (η = 0) in `--kinema-steps` steps.
-* peer: `Unet3D(dim=32, dim_mults=(1, 2, 4), channels=1)` (3.2 M parameters) in `GaussianDiffusion` (1000
-  discrete steps, cosine β, ε-prediction, L1 loss), trained as its `Trainer` does (Adam 1e-4, EMA 0.995 every
-  10 steps from step 2000; before that the EMA copy is the model). It samples with its own ancestral loop
-  (`p_sample_loop`, posterior variance β̃, clipping x̂₀ to [-1, 1]); by default on `--peer-steps` = 50 of its
-  1000 training steps, respaced evenly as in improved-DDPM (the β of the sub-sequence recomputed from ᾱ, the
-  network given the original step indices), so both samplers spend 50 network evaluations per video.
-  `--peer-steps 1000` runs its full default loop.
+* kinema: the `tiny16` preset (v-prediction, min-SNR-weighted v-MSE, cosine log-SNR schedule, AdamW 1e-3, EMA
+  0.999 with warm-up, a temporal convolution after every ResBlock), samples from the EMA weights with DDIM (η = 0)
+  in `--kinema-steps` steps.
+* peer: `Unet3D(dim=32, dim_mults=(1, 2, 4), channels=1, cond_dim=10)` (the class as a one-hot `cond`, dropped
+  with its `null_cond_prob` = 0.2) in `GaussianDiffusion` (1000 discrete steps, cosine β, ε-prediction, L1 loss),
+  trained as its `Trainer` does (Adam 1e-4, EMA 0.995 every 10 steps from step 2000; before that the EMA copy is
+  the model). It samples with its own ancestral loop (`p_sample_loop`, posterior variance β̃, clipping x̂₀ to
+  [-1, 1]); by default on `--peer-steps` = 50 of its 1000 training steps, respaced evenly as in improved-DDPM (the
+  β of the sub-sequence recomputed from ᾱ, the network given the original step indices), so both samplers spend
+  the same network evaluations per video. `--peer-steps 1000` runs its full default loop.
 
-Both use the same precision (kinema's `train.precision=auto`: bf16 autocast where supported) and batch size, on
-the same device. Reported: parameters, training steps and it/s, sampling seconds per video, and every oracle
-metric of N samples (and of N real held-out clips), with the oracle Fréchet distance against N held-out clips.
-A markdown table is printed; everything is also written to OUT/vs_peer.json.
+Both sample the same random classes with the same guidance: kinema's weight w (VDM: (1 + w)·cond − w·uncond) is the
+peer's `cond_scale` = 1 + w. Both use the same precision (kinema's `train.precision=auto`: bf16 autocast where
+supported) and batch size, on the same device. Reported: parameters, training steps and it/s, sampling seconds per
+video, and every oracle metric of N samples (and of N real held-out clips), with the oracle Fréchet distance
+against N held-out clips. A markdown table is printed; everything is also written to OUT/vs_peer.json.
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ from kinema.pipeline import generate
 from kinema.train import resolve_precision, train
 
 
+PRESET = "tiny16"
+
+
 def train_kinema(minutes: float, batch: int, out: Path, device: torch.device) -> dict:
-    cfg = apply_overrides(copy.deepcopy(RUN_PRESETS["tiny"]),
+    cfg = apply_overrides(copy.deepcopy(RUN_PRESETS[PRESET]),
                           [f"train.time_limit_minutes={minutes}", "train.steps=100000000", "train.sample_every=0",
                            f"train.batch_size={batch}", "train.checkpoint_every=100000000", "train.keep_checkpoints=1"])
     cfg.name = "vs_peer-kinema"
@@ -88,10 +94,19 @@ def respaced_peer(peer, diffusion: nn.Module, steps: int) -> nn.Module:
         peer.cosine_beta_schedule = original
 
 
-def train_peer(minutes: float, batch: int, data: MovingDigits, precision: str, device: torch.device, seed: int) -> dict:
+NUM_CLASSES = 10
+
+
+def one_hot(labels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The peer's `cond` for class labels."""
+    return nn.functional.one_hot(labels, NUM_CLASSES).float().to(device)
+
+
+def train_peer(minutes: float, batch: int, data: MovingDigits, precision: str, device: torch.device, seed: int,
+               label_dropout: float) -> dict:
     peer = import_peer()
     torch.manual_seed(seed)
-    unet = peer.Unet3D(dim=32, dim_mults=(1, 2, 4), channels=1)
+    unet = peer.Unet3D(dim=32, dim_mults=(1, 2, 4), channels=1, cond_dim=NUM_CLASSES)
     diffusion = peer.GaussianDiffusion(unet, image_size=data.size, num_frames=data.frames, channels=1,
                                        timesteps=1000, loss_type="l1").to(device)
     ema_model, ema = copy.deepcopy(diffusion), peer.EMA(0.995)  # its Trainer's defaults
@@ -103,10 +118,11 @@ def train_peer(minutes: float, batch: int, data: MovingDigits, precision: str, d
     bar = tqdm(desc="training peer", unit="step")
     step, start = 0, time.time()
     while time.time() - start < 60 * minutes:
-        idx = rng.integers(0, len(data), size=batch)
-        x = torch.stack([data[int(i)]["video"] for i in idx]).to(device)
-        with autocast:
-            loss = diffusion((x + 1) / 2)  # the peer takes videos in [0, 1]
+        items = [data[int(i)] for i in rng.integers(0, len(data), size=batch)]
+        x = torch.stack([it["video"] for it in items]).to(device)
+        cond = one_hot(torch.stack([it["label"] for it in items]), device)
+        with autocast:  # the peer takes videos in [0, 1]
+            loss = diffusion((x + 1) / 2, cond=cond, null_cond_prob=label_dropout)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -127,12 +143,15 @@ def train_peer(minutes: float, batch: int, data: MovingDigits, precision: str, d
 
 
 @torch.no_grad()
-def sample_peer(run: dict, num: int, steps: int, batch: int, seed: int) -> tuple[torch.Tensor, float]:
+def sample_peer(run: dict, labels: torch.Tensor, guidance: float, steps: int, batch: int,
+                seed: int) -> tuple[torch.Tensor, float]:
     sampler = respaced_peer(run["peer"], run["model"], steps).eval()
+    device = next(sampler.parameters()).device
     torch.manual_seed(seed)  # the peer draws its noise from the global generator
     start, out = time.time(), []
-    for first in range(0, num, batch):
-        out.append(sampler.sample(batch_size=min(batch, num - first)).float().cpu())
+    for first in range(0, len(labels), batch):
+        cond = one_hot(labels[first:first + batch], device)
+        out.append(sampler.sample(cond=cond, cond_scale=1.0 + guidance).float().cpu())
     return (torch.cat(out) * 2 - 1).clamp(-1, 1), time.time() - start
 
 
@@ -144,6 +163,8 @@ def main() -> None:
     parser.add_argument("--sample-batch", type=int, default=16)
     parser.add_argument("--kinema-steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--peer-steps", type=int, default=50, help="peer ancestral steps (1000 = its full loop)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance weight w, both models (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/vs_peer"))
     args = parser.parse_args()
@@ -158,13 +179,17 @@ def main() -> None:
     d = kin["cfg"].data
     train_data = MovingDigits("train", d.frames, d.height, d.num_digits, d.digit_size, (d.speed_min, d.speed_max),
                               seed=d.seed)
-    peer = train_peer(args.minutes, args.batch, train_data, kin["precision"], device, args.seed)
+    peer = train_peer(args.minutes, args.batch, train_data, kin["precision"], device, args.seed,
+                      kin["cfg"].train.label_dropout)
 
+    guidance = kin["cfg"].sample.guidance if args.guidance is None else args.guidance
+    labels = torch.randint(0, NUM_CLASSES, (args.num,), generator=torch.Generator().manual_seed(args.seed))
     start = time.time()
     kin_samples = generate(kin["model"], kin["cfg"], args.num, steps=args.kinema_steps, sampler="ddim",
-                           seed=args.seed, device=device, progress=True, batch_size=args.sample_batch)
+                           guidance=guidance, labels=labels, seed=args.seed, device=device, progress=True,
+                           batch_size=args.sample_batch)
     kin_seconds = time.time() - start
-    peer_samples, peer_seconds = sample_peer(peer, args.num, args.peer_steps, args.sample_batch, args.seed)
+    peer_samples, peer_seconds = sample_peer(peer, labels, guidance, args.peer_steps, args.sample_batch, args.seed)
 
     test = MovingDigits("test", d.frames, d.height, d.num_digits, d.digit_size, (d.speed_min, d.speed_max), seed=d.seed)
     real = torch.stack([test[i]["video"] for i in range(args.num)])
@@ -174,9 +199,10 @@ def main() -> None:
 
     rows = {}
     for name, videos, run, sampling, seconds in (
-            ("kinema tiny", kin_samples, kin, f"DDIM {args.kinema_steps} steps (EMA)", kin_seconds),
+            (f"kinema {PRESET}", kin_samples, kin, f"DDIM {args.kinema_steps} steps (EMA), w={guidance:g}",
+             kin_seconds),
             ("video-diffusion-pytorch", peer_samples, peer,
-             f"ancestral {min(args.peer_steps, 1000)} of 1000 steps", peer_seconds),
+             f"ancestral {min(args.peer_steps, 1000)} of 1000 steps, w={guidance:g}", peer_seconds),
             ("real (test split)", real, None, "-", None)):
         metrics = oracle.metrics(videos)
         metrics["oracle_fd"] = oracle.frechet(ref_features, videos)
@@ -185,7 +211,9 @@ def main() -> None:
             "train_it_per_s": run["steps"] / run["train_seconds"] if run else None,
             "sampling": sampling, "sample_s_per_video": seconds / args.num if seconds else None, **metrics}
         if run:
-            write_videos(to_uint8(videos[:16]), args.out / f"{name.split()[0]}_samples.gif", fps=8, scale=2)
+            stem = args.out / f"{name.split()[0]}_samples"
+            write_videos(to_uint8(videos[:16]), stem.with_suffix(".gif"), fps=8, scale=2)
+            np.savez_compressed(stem.with_suffix(".npz"), videos=to_uint8(videos))  # `kinema eval --samples` reads it
 
     keys = [("params", "params", lambda v: f"{v / 1e6:.2f} M"), ("train_steps", "train steps", str),
             ("train_it_per_s", "train it/s", lambda v: f"{v:.2f}"), ("sampling", "sampler", str),
@@ -198,8 +226,8 @@ def main() -> None:
             ("digits_per_frame", "digits/frame", lambda v: f"{v:.2f}"),
             ("oracle_fd", "oracle FD", lambda v: f"{v:.2f}")]
     print(f"\n{args.minutes:g} min of training each on {device} ({kin['precision']}), batch {args.batch}, "
-          f"{d.frames}×{d.height}×{d.width} Moving Digits; N = {args.num} samples; oracle FD against {args.num} "
-          "other held-out clips\n")
+          f"{d.frames}×{d.height}×{d.width} Moving Digits, class-conditional; N = {args.num} samples (same random "
+          f"classes, guidance w = {guidance:g}); oracle FD against {args.num} other held-out clips\n")
     print("| | " + " | ".join(label for _, label, _ in keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
     for name, row in rows.items():
@@ -207,6 +235,7 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
     summary = {"minutes": args.minutes, "num": args.num, "batch": args.batch, "device": str(device),
                "precision": kin["precision"], "kinema_steps": args.kinema_steps, "peer_steps": args.peer_steps,
+               "preset": PRESET, "guidance": guidance,
                "data": {"frames": d.frames, "size": d.height, "num_digits": d.num_digits}, "rows": rows}
     (args.out / "vs_peer.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nwrote {args.out / 'vs_peer.json'} and the sample GIFs")

@@ -29,6 +29,7 @@ def run(tmp_path_factory):
 def test_export_writes_half_precision_ema_weights_that_sample_like_the_checkpoint(run, tmp_path):
     out = export_weights(run, tmp_path / "exported", command="kinema train ...")
     assert sorted(p.name for p in out.iterdir()) == ["config.toml", "ema.safetensors", "state.json"]
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.iterdir())  # readable by all, as a package's files must be
     weights = load_file(str(out / "ema.safetensors"))
     assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
     state = json.loads((out / "state.json").read_text())
@@ -53,6 +54,22 @@ def test_export_refuses_to_overwrite_and_cli_reports_the_size(run, tmp_path):
     result = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "small"), "--dtype", "bf16"])
     assert result.exit_code == 0, result.output
     assert "MB" in result.output and (tmp_path / "small" / "ema.safetensors").is_file()
+
+
+def test_export_sets_sampling_defaults_and_nothing_else(run, tmp_path):
+    result = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "anc"),
+                                       "sample.sampler=ancestral", "sample.steps=7"])
+    assert result.exit_code == 0, result.output
+    cfg, _ = load_model(tmp_path / "anc")
+    original, _ = load_model(run)
+    assert (cfg.sample.sampler, cfg.sample.steps) == ("ancestral", 7)
+    assert (cfg.model, cfg.data, cfg.diffusion) == (original.model, original.data, original.diffusion)
+    assert json.loads((tmp_path / "anc" / "state.json").read_text())["sample_overrides"] == [
+        "sample.sampler=ancestral", "sample.steps=7"]
+    for bad, match in ((["model.base_channels=16"], "sampling settings only"), (["sample.sampler=euler"], "sampler")):
+        result = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "bad"), *bad])
+        assert result.exit_code != 0 and match in result.output, result.output
+        assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("name", list(PRETRAINED))

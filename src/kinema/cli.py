@@ -376,16 +376,18 @@ def eval_command(run_or_checkpoint, num, steps, sampler, guidance, seed, weights
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True,
               help="Storage format of the weights; they load into an fp32 network.")
 @click.option("--command", "train_command", help="The training command, recorded in state.json.")
+@click.argument("overrides", nargs=-1)
 @_user_errors
-def export_command(run_or_checkpoint, out, dtype, train_command) -> None:
+def export_command(run_or_checkpoint, out, dtype, train_command, overrides) -> None:
     """Write an inference-only copy of a checkpoint: config.toml, EMA weights, state.json.
 
     It samples like any checkpoint (`kinema sample OUT`) at about a quarter of the checkpoint's size;
-    kinema's shipped models are made this way.
+    kinema's shipped models are made this way. OVERRIDES set the copy's default sampling,
+    e.g. sample.sampler=ancestral sample.steps=50 (sample.* only).
     """
     from .pretrained import export_weights
 
-    folder = export_weights(run_or_checkpoint, out, dtype=dtype, command=train_command)
+    folder = export_weights(run_or_checkpoint, out, dtype=dtype, command=train_command, sample_overrides=overrides)
     size = sum(f.stat().st_size for f in folder.iterdir())
     click.echo(f"wrote {folder} ({size / 1e6:.1f} MB)")
 

@@ -11,6 +11,12 @@ Each corruption keeps every frame a clean, recognisable digit image and breaks o
 
 A metric validates if real held-out clips score as real and each corruption scores clearly worse on at least
 one temporal metric while recognisability stays high (`validation_table`, `benchmarks/oracle_validation.py`).
+
+One control (`CONTROLS`) changes what a temporal metric must *not* see:
+
+* restyled — every frame redrawn with its own blur, contrast and pixel noise, as a generator draws the same
+  digit a little differently from frame to frame; the digit, its path and its speed are untouched, so motion
+  plausibility must stay as real.
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.moving_digits import MovingDigits
 from .oracle import DigitOracle
 
-__all__ = ["CORRUPTIONS", "corrupt", "validation_table", "format_table"]
+__all__ = ["CORRUPTIONS", "CONTROLS", "corrupt", "restyled", "validation_table", "format_table"]
 
 
 def _reflect_path(start: np.ndarray, velocity: np.ndarray, frames: int, limit: float) -> np.ndarray:
@@ -78,27 +85,48 @@ def jumping(ds: MovingDigits, item: dict, rng: np.random.Generator) -> Tensor:
     return ds.render(item["source"].numpy(), positions)
 
 
-CORRUPTIONS: dict[str, Callable[[MovingDigits, dict, np.random.Generator], Tensor]] = {
-    "shuffled": shuffled, "swapped": swapped, "frozen": frozen, "jumping": jumping}
+def restyled(ds: MovingDigits, item: dict, rng: np.random.Generator) -> Tensor:
+    """Each frame blurred (Gaussian σ uniform in [0.05, 0.85] px), dimmed (gain in [0.75, 1]) and noised
+    (σ = 0.03 of the range) independently."""
+    video = (item["video"] + 1) / 2  # (1, F, H, W) in [0, 1]
+    frames = video.shape[1]
+    taps = torch.arange(-2.0, 3.0)
+    sigma = torch.from_numpy(rng.uniform(0.05, 0.85, frames)).float()
+    kernel = torch.exp(-taps ** 2 / (2 * sigma[:, None] ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (F, 5): one kernel per frame, applied as grouped convs
+    x = F.pad(video, (2, 2, 2, 2), mode="replicate")
+    x = F.conv2d(x, kernel[:, None, None, :], groups=frames)
+    x = F.conv2d(x, kernel[:, None, :, None], groups=frames)
+    gain = torch.from_numpy(rng.uniform(0.75, 1.0, (1, frames, 1, 1))).float()
+    noise = torch.from_numpy(rng.normal(0.0, 0.03, x.shape)).float()
+    return (x * gain + noise).clamp(0, 1) * 2 - 1
+
+
+Corruption = Callable[[MovingDigits, dict, np.random.Generator], Tensor]
+CORRUPTIONS: dict[str, Corruption] = {"shuffled": shuffled, "swapped": swapped, "frozen": frozen, "jumping": jumping}
+CONTROLS: dict[str, Corruption] = {"restyled": restyled}
 
 
 def corrupt(ds: MovingDigits, items: list[dict], kind: str, seed: int = 0) -> Tensor:
-    """Corrupted videos (N, 1, F, H, W) of dataset items (from `ds`, which must have drawn them)."""
+    """Corrupted (or control) videos (N, 1, F, H, W) of dataset items (from `ds`, which must have drawn them)."""
     rng = np.random.default_rng(seed)
-    return torch.stack([CORRUPTIONS[kind](ds, item, rng) for item in items])
+    change = CORRUPTIONS.get(kind) or CONTROLS.get(kind)
+    if change is None:
+        raise ValueError(f"unknown corruption {kind!r}; choose from {sorted(CORRUPTIONS) + sorted(CONTROLS)}")
+    return torch.stack([change(ds, item, rng) for item in items])
 
 
 def validation_table(num: int = 256, frames: int = 8, size: int = 32, num_digits: int = 1, digit_size: int = 14,
                      speed: tuple[float, float] = (1.0, 3.0), seed: int = 0) -> dict[str, dict[str, float]]:
-    """Oracle metrics of `num` real held-out clips and of their corruptions; each row's `oracle_fd` is against
-    `num` other real held-out clips (so the real row's FD is the noise floor at this N)."""
+    """Oracle metrics of `num` real held-out clips, of their corruptions and of the controls; each row's
+    `oracle_fd` is against `num` other real held-out clips (so the real row's FD is the noise floor at this N)."""
     ds = MovingDigits("test", frames, size, num_digits, digit_size, speed, seed=seed)
     items = [ds[i] for i in range(num)]
     reference = torch.stack([ds[num + i]["video"] for i in range(num)])
     oracle = DigitOracle(num_digits, digit_size, speed)
     ref_features = oracle.clip_features(reference)
     rows = {"real": torch.stack([it["video"] for it in items])}
-    rows.update({kind: corrupt(ds, items, kind, seed) for kind in CORRUPTIONS})
+    rows.update({kind: corrupt(ds, items, kind, seed) for kind in (*CORRUPTIONS, *CONTROLS)})
     table = {}
     for name, videos in rows.items():
         det = oracle.detect(videos)

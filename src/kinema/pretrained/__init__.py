@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -43,20 +43,27 @@ _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp16",
-                   command: Optional[str] = None) -> Path:
+                   command: Optional[str] = None, sample_overrides: Sequence[str] = ()) -> Path:
     """Write an inference-only copy of a checkpoint (config.toml, EMA weights in `dtype`, state.json).
 
-    The folder is written under a temporary name and renamed, so a failed export leaves nothing behind.
+    `sample_overrides` ("sample.sampler=ancestral", ...) change the copy's default sampling settings — only
+    `sample.*`: the weights fix everything else. The folder is written under a temporary name and renamed,
+    so a failed export leaves nothing behind.
     """
     from safetensors.torch import load_file, save_file
 
+    from ..config import apply_overrides, load_config, save_config
     from ..train.checkpoint import resolve_checkpoint
 
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}")
+    for item in sample_overrides:
+        if not item.startswith("sample."):
+            raise ValueError(f"export changes sampling settings only (sample.*=...); got {item!r}")
     source = resolve_checkpoint(checkpoint)
     if not (source / "ema.safetensors").is_file():
         raise FileNotFoundError(f"{source}: has no ema.safetensors to export")
+    cfg = apply_overrides(load_config(source / "config.toml"), list(sample_overrides))  # bad values fail here
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty; choose another --out or remove it")
@@ -67,9 +74,12 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dty
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shutil.copyfile(source / "config.toml", tmp / "config.toml")
+    save_config(cfg, tmp / "config.toml")
     save_file(weights, str(tmp / "ema.safetensors"))
+    (tmp / "ema.safetensors").chmod(0o644)  # safetensors writes it owner-only; a package must be readable by all
     info = {"step": step, "source": str(source), "weights": f"ema, {dtype}"}
+    if sample_overrides:
+        info["sample_overrides"] = list(sample_overrides)
     if command:
         info["command"] = command
     (tmp / "state.json").write_text(json.dumps(info, indent=1) + "\n")
