@@ -50,9 +50,11 @@ VARIANTS = {
 METRICS = ("identity_consistency", "adjacent_agreement", "motion_plausibility", "recognisability", "count_consistency")
 
 
+KINEMA = [sys.executable, "-m", "kinema"]
+
+
 def run_variant(name: str, variant: Variant, args) -> None:
-    kinema = [sys.executable, "-m", "kinema"]
-    train = kinema + ["train", "--preset", "tiny", "--out-dir", str(args.out_dir), "--name", name, "--quiet", *DATA,
+    train = KINEMA + ["train", "--preset", "tiny", "--out-dir", str(args.out_dir), "--name", name, "--quiet", *DATA,
                       f"train.time_limit_minutes={args.minutes}", "train.sample_every=0",
                       "train.checkpoint_every=100000", *variant.overrides]
     subprocess.run(train, check=True)
@@ -60,8 +62,7 @@ def run_variant(name: str, variant: Variant, args) -> None:
 
 
 def evaluate_variant(name: str, variant: Variant, args) -> None:
-    kinema = [sys.executable, "-m", "kinema"]
-    subprocess.run(kinema + ["eval", str(args.out_dir / name), "--num", str(args.num), "--steps", str(args.steps),
+    subprocess.run(KINEMA + ["eval", str(args.out_dir / name), "--num", str(args.num), "--steps", str(args.steps),
                              "--quiet", *variant.eval_args, "--out", str(args.out_dir / name / "eval")], check=True)
 
 

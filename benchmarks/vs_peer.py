@@ -211,9 +211,9 @@ def main() -> None:
             "train_it_per_s": run["steps"] / run["train_seconds"] if run else None,
             "sampling": sampling, "sample_s_per_video": seconds / args.num if seconds else None, **metrics}
         if run:
-            stem = args.out / f"{name.split()[0]}_samples"
-            write_videos(to_uint8(videos[:16]), stem.with_suffix(".gif"), fps=8, scale=2)
-            np.savez_compressed(stem.with_suffix(".npz"), videos=to_uint8(videos))  # `kinema eval --samples` reads it
+            stem, frames = args.out / f"{name.split()[0]}_samples", to_uint8(videos)
+            write_videos(frames[:16], stem.with_suffix(".gif"), fps=8, scale=2)
+            np.savez_compressed(stem.with_suffix(".npz"), videos=frames)  # `kinema eval --samples` reads it
 
     keys = [("params", "params", lambda v: f"{v / 1e6:.2f} M"), ("train_steps", "train steps", str),
             ("train_it_per_s", "train it/s", lambda v: f"{v:.2f}"), ("sampling", "sampler", str),
