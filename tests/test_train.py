@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 
 from kinema.cli import main
 from kinema.config import ConfigError, RunConfig, apply_overrides, load_config, save_config
-from kinema.train import TrainingError, list_checkpoints, load_state, train
+from kinema.train import TrainingError, learning_rate, list_checkpoints, load_state, train
 from kinema.train.checkpoint import load_optimizer_state
 
 # A model and data small enough for a train step in tens of milliseconds.
@@ -182,6 +183,18 @@ def test_sample_from_a_checkpoint_folder_alone(tmp_path):
     # the same seed gives the same samples
     runner.invoke(main, ["sample", str(alone), "--num", "3", "--steps", "2", "--out", str(tmp_path / "t.npz")])
     assert np.array_equal(np.load(tmp_path / "t.npz")["videos"], videos)
+
+
+def test_learning_rate_warms_up_holds_and_decays_linearly_to_zero(tmp_path):
+    cfg = micro("train.steps=6", "train.warmup_steps=2", "train.decay_steps=3", "train.lr=0.01")
+    # update k (making step k + 1): min(warm-up (k + 1) / 2, decay (6 - k) / 3)
+    assert [learning_rate(cfg, k) for k in range(6)] == pytest.approx([0.005, 0.01, 0.01, 0.01, 0.01 * 2 / 3, 0.01 / 3])
+    train(cfg, tmp_path / "run", progress=False)  # the trainer uses it: the logged lr of every step
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([learning_rate(cfg, k) for k in range(6)])
+    assert learning_rate(micro("train.steps=6", "train.warmup_steps=2"), 5) == pytest.approx(5e-4)  # no decay: constant
+    with pytest.raises(ConfigError, match="train.decay_steps"):
+        micro("train.steps=6", "train.decay_steps=7")
 
 
 def test_config_errors_name_the_field(tmp_path):

@@ -98,6 +98,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 5e-4
     warmup_steps: int = 100
+    decay_steps: int = 0  # the last decay_steps of train.steps anneal lr linearly towards 0; 0: constant after warm-up
     weight_decay: float = 0.0
     betas: Tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0  # 0 disables
@@ -121,6 +122,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints", "sample_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be positive; got {getattr(self, name)}")
+        if not 0 <= self.decay_steps <= self.steps:
+            raise ConfigError(f"train.decay_steps must lie in [0, train.steps = {self.steps}]; got {self.decay_steps}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in [0, 1); got {self.ema_decay}")
         for name in ("label_dropout", "text_dropout"):

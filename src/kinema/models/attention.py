@@ -3,7 +3,8 @@
 Activations travel through the U-Net as (B·F, C, H, W): frames folded into the batch, so that
 1×3×3 convolutions are plain 2-D convolutions and spatial attention needs no reshaping of frames.
 Temporal attention folds the spatial positions into the batch instead: (B·H·W, F, C).
-Both use `F.scaled_dot_product_attention`.
+Both go through `attention`, which picks between `F.scaled_dot_product_attention` and the explicit
+product by sequence length (see there).
 """
 
 from __future__ import annotations
@@ -16,7 +17,29 @@ from einops import rearrange
 from torch import Tensor, nn
 
 __all__ = ["SpatialAttention", "TemporalAttention", "RelativePositionBias", "temporal_attention_mask", "frame_attention_mask",
-           "group_norm"]
+           "group_norm", "attention"]
+
+# Longest sequence that takes the explicit product, with and without a backward pass. The fused CPU
+# kernel processes queries in blocks of 32 or more, so shorter sequences waste most of each block; its
+# backward pass (bf16) stays 2-4x slower than the explicit one up to 128 tokens and wins from 256 on.
+# Measured by benchmarks/attention.py; the explicit scores are at most 128 x 128 per head, so memory is no concern.
+EXPLICIT_MAX_TOKENS_TRAIN = 128
+EXPLICIT_MAX_TOKENS_INFERENCE = 32
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """softmax(q kᵀ / √d + mask) v over the last two dimensions (tokens, head features), as
+    `F.scaled_dot_product_attention`: a float mask is added to the scores, a boolean one says which may attend."""
+    tokens = q.shape[-2]
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if tokens > (EXPLICIT_MAX_TOKENS_TRAIN if training else EXPLICIT_MAX_TOKENS_INFERENCE):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask
+    return torch.matmul(scores.softmax(dim=-1), v)
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -51,10 +74,10 @@ class SpatialAttention(nn.Module):
         """x: (B·F, C, H, W) -> same shape."""
         _, _, h, w = x.shape
         # Projections on (tokens, channels) keep each head's features contiguous, which lets
-        # scaled_dot_product_attention take its fused kernel instead of the slower math path.
+        # scaled_dot_product_attention take its fused kernel (on long sequences) instead of its slower math path.
         tokens = rearrange(self.norm(x), "n c h w -> n (h w) c")
         q, k, v = rearrange(self.qkv(tokens), "n hw (three heads d) -> three n heads hw d", three=3, heads=self.heads)
-        y = rearrange(F.scaled_dot_product_attention(q, k, v), "n heads hw d -> n hw (heads d)")
+        y = rearrange(attention(q, k, v), "n heads hw d -> n hw (heads d)")
         return x + rearrange(self.out(y), "n (h w) c -> n c h w", h=h, w=w)
 
 
@@ -123,5 +146,5 @@ class TemporalAttention(nn.Module):
             blocked = torch.zeros(allowed.shape, dtype=q.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
             mask = (mask[None] + blocked[:, None])[:, None]  # (B, 1, heads, F, F)
         # q is (B, H·W, heads, F, d): the mask broadcasts over positions instead of being copied per position.
-        y = rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "b hw heads f d -> b hw f (heads d)")
+        y = rearrange(attention(q, k, v, mask), "b hw heads f d -> b hw f (heads d)")
         return x + rearrange(self.out(y), "b (h w) f c -> (b f) c h w", h=h, w=w)

@@ -31,7 +31,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import frame_attention_mask
+from .attention import attention, frame_attention_mask
 from .embeddings import ClassEmbedding, NoiseLevelEmbedding, TextPooling, conditioning_embedding
 from .positions import apply_rope, rope_tables, sincos_position_embedding
 
@@ -141,7 +141,7 @@ _LAYOUTS = {"spatial": "(b f) h s d", "temporal": "b s h f d", "full": "b h (f s
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over one layout's token groups, on `F.scaled_dot_product_attention`."""
+    """Multi-head self-attention over one layout's token groups (`attention` picks the kernel)."""
 
     def __init__(self, dim: int, heads: int, layout: str):
         super().__init__()
@@ -165,7 +165,7 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         layout = _LAYOUTS[self.layout]
         q, k, v = (rearrange(t, f"b f s h d -> {layout}") for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(allowed, spatial))
+        y = attention(q, k, v, self._mask(allowed, spatial))
         return self.proj(rearrange(y, f"{layout} -> b f s (h d)", b=batch, f=frames, s=spatial))
 
 

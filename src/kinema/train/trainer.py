@@ -71,8 +71,16 @@ def _distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def _learning_rate(cfg: RunConfig, step: int) -> float:
-    return cfg.train.lr * min(1.0, (step + 1) / max(1, cfg.train.warmup_steps))
+def learning_rate(cfg: RunConfig, step: int) -> float:
+    """lr for the update that makes step + 1: linear warm-up over train.warmup_steps, then constant, and linear
+    decay towards 0 over the last train.decay_steps of train.steps (warmup-stable-decay; Hägele et al. 2024
+    find a short decay matches a cosine schedule of the whole run). A function of the step alone, so resume stays exact
+    and a finished run can be continued with a higher train.steps and a decay at its end."""
+    tc = cfg.train
+    factor = min(1.0, (step + 1) / max(1, tc.warmup_steps))
+    if tc.decay_steps:
+        factor = min(factor, (tc.steps - step) / tc.decay_steps)
+    return tc.lr * factor
 
 
 class _Log:
@@ -205,7 +213,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
     model.train()
     while step < end:
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(cfg, step)
+            group["lr"] = learning_rate(cfg, step)
         total = torch.zeros((), device=device)
         for k in range(tc.grad_accum):
             batch = next(batch_iter)
