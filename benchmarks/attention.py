@@ -6,7 +6,7 @@ The shapes are the U-Net's attention layers on a batch of 16 clips of 8 frames (
 spatial attention over H·W tokens with frames in the batch, temporal attention over 8 frames with positions in
 the batch. Each is timed forward only (sampling) and forward + backward (training), in bf16 and fp32, by both
 kernels; the ratio is fused time / explicit time (> 1: the explicit product is faster). The last column is
-the path `kinema.models.attention.attention` takes, from its thresholds EXPLICIT_MAX_TOKENS_TRAIN/INFERENCE.
+the path `kinema.models.attention.attention` takes (its EXPLICIT_MAX_TOKENS_* thresholds).
 """
 
 from __future__ import annotations
@@ -70,9 +70,7 @@ def main() -> None:
             for backward in (False, True):
                 a = time_ms(fused, q, k, v, mask, backward, args.repeats)
                 b = time_ms(explicit, q, k, v, mask, backward, args.repeats)
-                limit = (kinema_attention.EXPLICIT_MAX_TOKENS_TRAIN if backward
-                         else kinema_attention.EXPLICIT_MAX_TOKENS_INFERENCE)
-                takes = "explicit" if tokens <= limit else "fused"
+                takes = "explicit" if kinema_attention._explicit(q, training=backward) else "fused"
                 print(f"| {name} | {tokens} | {str(dtype).removeprefix('torch.')} | "
                       f"{'fwd+bwd' if backward else 'fwd'} | {a:.2f} | {b:.2f} | {a / b:.2f} | {takes} |")
 

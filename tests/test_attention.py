@@ -31,7 +31,7 @@ def inputs(tokens, mask_kind, seed=0):
 
 
 @pytest.mark.parametrize("mask_kind", [None, "float", "bool"])
-@pytest.mark.parametrize("tokens", [8, 300])  # below and above both explicit thresholds
+@pytest.mark.parametrize("tokens", [8, 300])  # below and above every explicit threshold
 @pytest.mark.parametrize("grad", [True, False])
 def test_attention_matches_reference(tokens, mask_kind, grad):
     q, k, v, mask = inputs(tokens, mask_kind)
@@ -49,10 +49,21 @@ def test_attention_matches_reference(tokens, mask_kind, grad):
 
 @pytest.mark.parametrize("mask_kind", [None, "float", "bool"])
 def test_explicit_and_fused_paths_agree(monkeypatch, mask_kind):
-    """The same inputs through each path (thresholds moved so that 40 tokens go either way)."""
-    q, k, v, mask = inputs(40, mask_kind, seed=1)
+    """The same inputs through each path (thresholds moved so that 8 tokens go either way)."""
+    q, k, v, mask = inputs(8, mask_kind, seed=1)
     explicit = attention(q, k, v, mask)
-    monkeypatch.setattr(attention_module, "EXPLICIT_MAX_TOKENS_TRAIN", 0)
-    monkeypatch.setattr(attention_module, "EXPLICIT_MAX_TOKENS_INFERENCE", 0)
+    for limit in ("EXPLICIT_MAX_TOKENS_TRAIN_16BIT", "EXPLICIT_MAX_TOKENS_TRAIN_FP32", "EXPLICIT_MAX_TOKENS_INFERENCE"):
+        monkeypatch.setattr(attention_module, limit, 0)
     fused = attention(q, k, v, mask)
     torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_training_path_matches_reference():
+    """64 tokens with gradients in bf16 take the explicit product (the path tiny16 trains on)."""
+    q, k, v, mask = inputs(64, "float", seed=2)
+    q16, k16, v16 = (t.detach().bfloat16().requires_grad_() for t in (q, k, v))
+    assert attention_module._explicit(q16, training=True)
+    out = attention(q16, k16, v16, mask.bfloat16())
+    torch.testing.assert_close(out.double(), reference(q, k, v, mask), rtol=0.05, atol=0.02)
+    out.float().sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q16, k16, v16))

@@ -19,20 +19,32 @@ from torch import Tensor, nn
 __all__ = ["SpatialAttention", "TemporalAttention", "RelativePositionBias", "temporal_attention_mask", "frame_attention_mask",
            "group_norm", "attention"]
 
-# Longest sequence that takes the explicit product, with and without a backward pass. The fused CPU
-# kernel processes queries in blocks of 32 or more, so shorter sequences waste most of each block; its
-# backward pass (bf16) stays 2-4x slower than the explicit one up to 128 tokens and wins from 256 on.
-# Measured by benchmarks/attention.py; the explicit scores are at most 128 x 128 per head, so memory is no concern.
-EXPLICIT_MAX_TOKENS_TRAIN = 128
-EXPLICIT_MAX_TOKENS_INFERENCE = 32
+# Longest sequence that takes the explicit product instead of the fused kernel. The fused CPU kernel
+# processes queries in blocks of 32 or more, so shorter sequences waste most of each block. Measured by
+# benchmarks/attention.py on 2 CPU cores: with a backward pass in bf16/fp16 the explicit product was 1.6-7x
+# faster up to 64 tokens (and up to 128 in a first run), the fused kernel wins from 256 on; in fp32 the fused
+# backward is better from 16 tokens on; forward only, the explicit product wins up to 16 tokens in every
+# precision. Explicit scores are at most 128 x 128 per head, so memory is no concern.
+EXPLICIT_MAX_TOKENS_TRAIN_16BIT = 128
+EXPLICIT_MAX_TOKENS_TRAIN_FP32 = 8
+EXPLICIT_MAX_TOKENS_INFERENCE = 16
+
+
+def _explicit(q: Tensor, training: bool) -> bool:
+    if not training:
+        limit = EXPLICIT_MAX_TOKENS_INFERENCE
+    elif q.dtype in (torch.bfloat16, torch.float16):
+        limit = EXPLICIT_MAX_TOKENS_TRAIN_16BIT
+    else:
+        limit = EXPLICIT_MAX_TOKENS_TRAIN_FP32
+    return q.shape[-2] <= limit
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     """softmax(q kᵀ / √d + mask) v over the last two dimensions (tokens, head features), as
     `F.scaled_dot_product_attention`: a float mask is added to the scores, a boolean one says which may attend."""
-    tokens = q.shape[-2]
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if tokens > (EXPLICIT_MAX_TOKENS_TRAIN if training else EXPLICIT_MAX_TOKENS_INFERENCE):
+    if not _explicit(q, training):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     if mask is not None and mask.dtype == torch.bool:
