@@ -29,13 +29,6 @@ SHAPES = {  # name: (q shape, additive mask shape or None)
 }
 
 
-def explicit(q, k, v, mask):
-    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None:
-        scores = scores + mask
-    return torch.matmul(scores.softmax(dim=-1), v)
-
-
 def fused(q, k, v, mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -69,7 +62,7 @@ def main() -> None:
             mask = torch.randn(*mask_shape, dtype=dtype) if mask_shape else None
             for backward in (False, True):
                 a = time_ms(fused, q, k, v, mask, backward, args.repeats)
-                b = time_ms(explicit, q, k, v, mask, backward, args.repeats)
+                b = time_ms(kinema_attention.explicit_attention, q, k, v, mask, backward, args.repeats)
                 takes = "explicit" if kinema_attention._explicit(q, training=backward) else "fused"
                 print(f"| {name} | {tokens} | {str(dtype).removeprefix('torch.')} | "
                       f"{'fwd+bwd' if backward else 'fwd'} | {a:.2f} | {b:.2f} | {a / b:.2f} | {takes} |")

@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 __all__ = ["SpatialAttention", "TemporalAttention", "RelativePositionBias", "temporal_attention_mask", "frame_attention_mask",
-           "group_norm", "attention"]
+           "group_norm", "attention", "explicit_attention"]
 
 # Longest sequence that takes the explicit product instead of the fused kernel. The fused CPU kernel
 # processes queries in blocks of 32 or more, so shorter sequences waste most of each block. Measured by
@@ -46,6 +46,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) ->
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if not _explicit(q, training):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return explicit_attention(q, k, v, mask)
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """The same function as `attention`, always as the explicit product (no fused kernel)."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
