@@ -105,3 +105,28 @@ def test_eval_label_chooses_the_class_and_is_checked(run, tmp_path):
                                       "--quiet", "--out", str(out)])
         assert result.exit_code == 0, result.output
         assert json.loads((out / "eval.json").read_text())["sampling"]["labels"] == label
+
+
+def test_gamma_overrides_the_ancestral_noise_and_is_recorded(run, tmp_path):
+    runner = CliRunner()
+
+    def sample(*args):
+        out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.npz"
+        result = runner.invoke(main, ["sample", str(run), "--num", "2", "--steps", "3", "--seed", "1", "--out", str(out),
+                                      *args])
+        assert result.exit_code == 0, result.output
+        return np.load(out)["videos"]
+
+    default = sample("--sampler", "ancestral")
+    assert np.array_equal(sample("--sampler", "ancestral", "--gamma", "0.1"), default)  # the run's sample.gamma
+    assert not np.array_equal(sample("--sampler", "ancestral", "--gamma", "1"), default)
+    result = runner.invoke(main, ["sample", str(run), "--num", "1", "--sampler", "ddim", "--gamma", "0.5"])
+    assert result.exit_code == 1 and "does not apply to the ddim sampler" in result.output
+    result = runner.invoke(main, ["sample", str(run), "--num", "1", "--gamma", "2"])
+    assert result.exit_code == 2 and "--gamma" in result.output
+    out = tmp_path / "ev"
+    result = runner.invoke(main, ["eval", str(run), "--num", "2", "--steps", "2", "--sampler", "ancestral",
+                                  "--gamma", "0.3", "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    sampling = json.loads((out / "eval.json").read_text())["sampling"]
+    assert sampling["sampler"] == "ancestral" and sampling["gamma"] == 0.3 and "eta" not in sampling

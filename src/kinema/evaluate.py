@@ -118,8 +118,8 @@ def _default_out(checkpoint: Path) -> Path:
 
 
 def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *, num: int = 256,
-             steps: Optional[int] = None, sampler: Optional[str] = None, guidance: Optional[float] = None,
-             seed: Optional[int] = None, weights: str = "ema", dataset: Optional[str] = None,
+             steps: Optional[int] = None, sampler: Optional[str] = None, gamma: Optional[float] = None,
+             guidance: Optional[float] = None, seed: Optional[int] = None, weights: str = "ema", dataset: Optional[str] = None,
              path: Optional[str] = None, split: str = "test", fvd_weights: Optional[str | Path] = None,
              samples_file: Optional[str | Path] = None, batch_size: int = 16, label: Optional[int] = None,
              device: Optional[str | torch.device] = None, progress: bool = True) -> tuple[dict, Path]:
@@ -163,10 +163,12 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
     else:
         s = cfg.sample
         labels = None if label is None else torch.full((num,), label, device=device)
-        samples = generate(model, cfg, num, steps=steps, sampler=sampler, guidance=guidance, seed=seed,
+        samples = generate(model, cfg, num, steps=steps, sampler=sampler, gamma=gamma, guidance=guidance, seed=seed,
                            labels=labels, device=device, progress=progress, batch_size=batch_size)
         seconds = time.time() - start
-        sampling = {"sampler": sampler or s.sampler, "steps": steps or s.steps,
+        sampler = sampler or s.sampler
+        noise_level = ({"gamma": s.gamma if gamma is None else gamma} if sampler == "ancestral" else {"eta": s.eta})
+        sampling = {"sampler": sampler, "steps": steps or s.steps, **noise_level,
                     "guidance": s.guidance if guidance is None else guidance, "seed": s.seed if seed is None else seed,
                     "labels": "random" if label is None else label, "weights": weights, "device": str(device),
                     "seconds": seconds, "seconds_per_video": seconds / num}

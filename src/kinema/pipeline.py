@@ -157,28 +157,32 @@ def conditioned_denoiser(model: nn.Module, cfg: RunConfig, cond: dict, uncond: d
 
 
 def run_sampler(denoise: Denoise, noise: Tensor, cfg: RunConfig, *, steps: Optional[int] = None,
-                sampler: Optional[str] = None, generator: Optional[torch.Generator] = None,
-                progress: bool = False) -> Tensor:
-    """Run the configured sampler (sample.sampler/steps/eta/gamma, overridable) from `noise` (drawn from
-    `build_noise(cfg.diffusion)`, as are the sampler's own draws)."""
+                sampler: Optional[str] = None, gamma: Optional[float] = None,
+                generator: Optional[torch.Generator] = None, progress: bool = False) -> Tensor:
+    """Run the configured sampler (sample.sampler/steps/eta/gamma; steps, sampler and gamma overridable) from
+    `noise` (drawn from `build_noise(cfg.diffusion)`, as are the sampler's own draws)."""
     s = cfg.sample
     steps, sampler = steps or s.steps, sampler or s.sampler
     schedule = build_schedule(cfg.diffusion)
     if sampler not in ("ddim", "ancestral"):
         raise ValueError(f"sampler must be 'ddim' or 'ancestral'; got {sampler!r}")
+    if sampler == "ddim" and gamma is not None:  # it would otherwise be silently ignored
+        raise ValueError(f"gamma (the ancestral sampler's noise) does not apply to the ddim sampler; got gamma={gamma}")
+    gamma = s.gamma if gamma is None else gamma
     # Only the network runs in the autocast format: Denoiser returns x̂ in z's dtype (fp32).
     draw = build_noise(cfg.diffusion).like
     with autocast(resolve_precision(s.precision, noise.device), noise.device):
         if sampler == "ddim":
             return sample_ddim(denoise, noise, schedule, steps, eta=s.eta, generator=generator, progress=progress,
                                noise_sampler=draw)
-        return sample_ancestral(denoise, noise, schedule, steps, gamma=s.gamma, generator=generator,
+        return sample_ancestral(denoise, noise, schedule, steps, gamma=gamma, generator=generator,
                                 progress=progress, noise_sampler=draw)
 
 
 @torch.no_grad()
 def generate(model: nn.Module, cfg: RunConfig, num: int, *, steps: Optional[int] = None, sampler: Optional[str] = None,
-             guidance: Optional[float] = None, seed: Optional[int] = None, labels: Optional[Tensor] = None,
+             gamma: Optional[float] = None, guidance: Optional[float] = None, seed: Optional[int] = None,
+             labels: Optional[Tensor] = None,
              prompts: Optional[Sequence[str]] = None, frames: Optional[int] = None,
              device: Optional[torch.device] = None, progress: bool = False, batch_size: int = 16) -> Tensor:
     """Sample `num` videos (num, C, F, H, W) in [-1, 1] with the run's sampler settings (overridable).
@@ -201,7 +205,7 @@ def generate(model: nn.Module, cfg: RunConfig, num: int, *, steps: Optional[int]
         n = min(batch_size, num - start)
         noise = prior((n, cfg.data.channels, frames, cfg.data.height, cfg.data.width), generator=gen, device=device)
         denoise = conditioned_denoiser(model, cfg, _rows(cond, start, n), _rows(uncond, start, n), guidance)
-        out.append(run_sampler(denoise, noise, cfg, steps=steps, sampler=sampler, generator=gen,
+        out.append(run_sampler(denoise, noise, cfg, steps=steps, sampler=sampler, gamma=gamma, generator=gen,
                                progress=progress).float().cpu())
     model.train(was_training)
     return torch.cat(out).clamp(-1, 1)
