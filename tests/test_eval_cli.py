@@ -43,9 +43,12 @@ def test_eval_writes_json_and_html(run):
     assert set(oracle["samples"]) == set(oracle["real"]) >= {"recognisability", "identity_consistency",
                                                              "count_consistency", "motion_plausibility"}
     assert oracle["real"]["identity_consistency"] == 1.0 and oracle["fd"] >= 0 and oracle["fd_real_vs_real"] >= 0
+    faults = oracle["motion_faults"]  # why motion fails, adding up to what motion plausibility misses
+    assert sum(faults["samples"].values()) == pytest.approx(1 - oracle["samples"]["motion_plausibility"])
+    assert sum(faults["real"].values()) == pytest.approx(1 - oracle["real"]["motion_plausibility"])
     assert data["metrics"]["fvd"]["value"] is None and "--fvd-weights" in data["metrics"]["fvd"]["note"]
     page = (out / "eval.html").read_text()
-    assert "motion plausibility" in page and "samples_strip.png" in page
+    assert "motion plausibility" in page and "implausible motion: jump" in page and "samples_strip.png" in page
     for name in ("samples_strip.png", "real_strip.png", "samples.gif", "real.gif"):
         assert (out / name).is_file()
 

@@ -176,3 +176,25 @@ def test_overlapping_digits_count_as_two():
     det = oracle.detect(video)
     assert det.count()[0].tolist() == [2, 2, 2, 2]
     assert (det.digits[det.frame == 3] == 2).all() and (det.frame == 3).sum() == 1  # one component, two digits
+
+
+def test_motion_faults_name_the_check_a_track_fails():
+    ds = MovingDigits("test", frames=8, size=32, digit_size=8, speed=(0.5, 1.5))
+    paths = {  # the digit's left edge per frame, far from the walls (its row stays at 12)
+        "": [8, 9, 10, 11, 12, 13, 14, 15],
+        "jump": [8, 9, 10, 14, 15, 16, 17, 18],
+        "uneven speed": [4, 6, 8, 8, 10, 12, 14, 16],
+        "mid-canvas turn": [8, 9, 10, 11, 12, 11, 10, 9],
+        "speed out of range": [12] * 8,
+    }
+    videos = torch.stack([ds.render([0], np.array([[[12, x] for x in path]])) for path in paths.values()])
+    oracle = DigitOracle(1, 8, (0.5, 1.5))
+    result = oracle.evaluate(videos)
+    assert list(result.motion_fault) == list(paths)
+    assert result.motion_plausible.tolist() == [True, False, False, False, False]
+    faults = result.motion_faults()
+    assert faults == {"jump": 0.2, "uneven speed": 0.2, "mid-canvas turn": 0.2, "speed out of range": 0.2,
+                      "untracked": 0.0}
+    assert sum(faults.values()) == pytest.approx(1 - result.summary()["motion_plausibility"])
+    blank = -torch.ones(2, 1, 8, 32, 32)  # nothing to track
+    assert oracle.evaluate(blank).motion_faults()["untracked"] == 1.0

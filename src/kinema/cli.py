@@ -366,6 +366,9 @@ def eval_command(run_or_checkpoint, num, steps, sampler, gamma, guidance, seed, 
         click.echo(f"{'oracle metric':<24}{'samples':>10}{'real':>10}")
         for key, value in oracle["samples"].items():
             click.echo(f"{key:<24}{value:>10.3f}{oracle['real'][key]:>10.3f}")
+        faults = [f"{name} {value:.1%}" for name, value in oracle["motion_faults"]["samples"].items() if value]
+        if faults:
+            click.echo(f"implausible motion, by the first check failed: {', '.join(faults)}")
         floor = oracle["fd_real_vs_real"]
         click.echo(f"{'oracle Fréchet distance':<24}{oracle['fd']:>10.3f}{floor if floor is not None else float('nan'):>10.3f}"
                    "   (real column: real vs real)")

@@ -78,9 +78,12 @@ def score(samples: Tensor, real: Tensor, data: DataConfig, *, real_baseline: Opt
         oracle = DigitOracle(data.num_digits, data.digit_size, (data.speed_min, data.speed_max))
         real_features = oracle.clip_features(real)
         det = oracle.detect(samples)
+        verdicts, real_verdicts = oracle.evaluate(samples, det), oracle.evaluate(real)
         metrics["oracle"] = {
-            "samples": oracle.evaluate(samples, det).summary(),
-            "real": oracle.metrics(real),
+            "samples": verdicts.summary(),
+            "real": real_verdicts.summary(),
+            # why motion fails: fractions of the videos, adding up to 1 − motion plausibility
+            "motion_faults": {"samples": verdicts.motion_faults(), "real": real_verdicts.motion_faults()},
             "fd": oracle.frechet(real_features, oracle.clip_features(samples, det)),
             "fd_real_vs_real": oracle.frechet(real_features, real_baseline) if real_baseline is not None else None,
             "settings": {"num_digits": oracle.num_digits, "digit_size": oracle.digit_size, "speed": oracle.speed,

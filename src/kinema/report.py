@@ -136,6 +136,10 @@ def write_eval_report(out: Path, result: dict) -> Path:
             value_s, value_r = oracle["samples"][key], oracle["real"][key]
             fmt = (lambda v: f"{v:.2f}") if key == "digits_per_frame" else (lambda v: f"{v:.1%}")
             rows.append(f"<tr><td>{label}</td><td>{fmt(value_s)}</td><td>{fmt(value_r)}</td><td>{esc(meaning)}</td></tr>")
+        for name, value_s in oracle.get("motion_faults", {}).get("samples", {}).items():
+            value_r = oracle["motion_faults"]["real"][name]
+            rows.append(f"<tr><td>implausible motion: {esc(name)}</td><td>{value_s:.1%}</td><td>{value_r:.1%}</td>"
+                        "<td>videos whose first failed motion check is this one</td></tr>")
         floor = oracle.get("fd_real_vs_real")
         rows.append(f"<tr><td>oracle Fréchet distance</td><td>{oracle['fd']:.3f}</td>"
                     f"<td>{'' if floor is None else f'{floor:.3f}'}</td>"

@@ -58,8 +58,11 @@ from torch import Tensor
 from .digit_classifier import DigitNet, load_digit_classifier, resize_patches, square_patch
 from .frechet import frechet_distance_from_features
 
-__all__ = ["DigitOracle", "Detections", "OracleResult", "label_components"]
+__all__ = ["DigitOracle", "Detections", "MOTION_FAULTS", "OracleResult", "label_components"]
 
+# why a video's motion is implausible, in the order checked: a step faster than the track's speed; a changed speed
+# away from the walls; a reversal away from the walls; a mean speed outside the data's range; no track of ≥ 3 frames
+MOTION_FAULTS = ("jump", "uneven speed", "mid-canvas turn", "speed out of range", "untracked")
 _ROUNDING = 1.0 + 1e-6  # digits are drawn at integer positions: a constant velocity moves ⌊v⌋ or ⌈v⌉ pixels a step
 
 
@@ -149,6 +152,8 @@ class OracleResult:
     details: dict = field(default_factory=dict)
     # (N, 2): adjacent frame pairs in which every digit is seen on its own, and how many of them agree on the classes
     adjacent_pairs: Optional[np.ndarray] = None
+    # (N,) str: why a video's motion is implausible ("" where it is plausible): one of MOTION_FAULTS
+    motion_fault: Optional[np.ndarray] = None
 
     def summary(self) -> dict[str, float]:
         pairs = self.adjacent_pairs.sum(0) if self.adjacent_pairs is not None else np.zeros(2)
@@ -162,6 +167,13 @@ class OracleResult:
             # softer than identity: one changed frame costs one or two pairs, not the whole video
             "adjacent_agreement": float(pairs[1] / pairs[0]) if pairs[0] else 0.0,
         }
+
+    def motion_faults(self) -> dict[str, float]:
+        """Fraction of the videos whose motion fails for each reason (each failing video counts once, for the
+        first check one of its tracks fails); the fractions add up to 1 − motion plausibility."""
+        if self.motion_fault is None:
+            raise ValueError("this result holds no motion verdicts (motion_fault)")
+        return {name: float((self.motion_fault == name).mean()) for name in MOTION_FAULTS}
 
 
 class DigitOracle:
@@ -270,10 +282,11 @@ class DigitOracle:
                 t.append(idx[j])
         return tracks + (open_tracks or [])
 
-    def _track_plausible(self, track: list[int], det: Detections) -> bool:
-        """Constant speed per axis except at walls, never faster, reversing only at walls, speed in range."""
+    def _track_fault(self, track: list[int], det: Detections) -> Optional[str]:
+        """None for a track that moves like a Moving Digit (constant speed per axis except at walls, never faster,
+        reversing only at walls, speed in range), else the first check it fails: one of `MOTION_FAULTS`."""
         if len(track) < 3:
-            return True  # nothing to judge; the video needs at least one judged track (see evaluate)
+            return None  # nothing to judge; the video needs at least one judged track (see evaluate)
         size = det.shape[2:]
         c, box = det.centroid[track], det.box[track]
         d = np.diff(c, axis=0)
@@ -291,20 +304,22 @@ class DigitOracle:
             # away from the walls a digit moves ⌊v⌋ or ⌈v⌉ pixels a step; a bounce step moves less, never more
             u = float(np.median(free)) if len(free) else float(np.abs(step).max())
             tolerance = _ROUNDING + self.jitter
-            if (np.abs(step) > u + tolerance).any() or (np.abs(free - u) > tolerance).any():
-                return False
+            if (np.abs(step) > u + tolerance).any():
+                return "jump"
+            if (np.abs(free - u) > tolerance).any():
+                return "uneven speed"
             moving = np.where(np.abs(step) > self.jitter, step, 0.0)  # a shorter step is noise, no direction
             reversal = moving[:-1] * moving[1:] < 0
             if (reversal & ~near[1:-1]).any():
-                return False
+                return "mid-canvas turn"
             mean_speed.append(np.abs(step).mean())
         if self.speed is not None:
             # rounding and bounces make a short clip's mean step slower than its speed (real 8×16×16 clips at
             # speeds ≥ 0.5 measure ≥ 0.43), never by half
             speed = float(np.hypot(*mean_speed))
             if not self.speed[0] / 2 <= speed <= self.speed[1] + 1.0:
-                return False
-        return True
+                return "speed out of range"
+        return None
 
     # ------------------------------------------------------------------------------------------ metrics
     def evaluate(self, videos: Tensor, detections: Optional[Detections] = None) -> OracleResult:
@@ -318,6 +333,7 @@ class DigitOracle:
         recognisable = sure / np.maximum(singles, 1)  # 0 where no digit is seen on its own
         classes = det.classes
         identity, motion = np.zeros(n, bool), np.zeros(n, bool)
+        fault = np.full(n, "", dtype=object)
         adjacent = np.zeros((n, 2), int)
         for v, frames in enumerate(det.per_frame()):
             # per frame: its sorted classes if every digit is seen on its own, else None
@@ -331,9 +347,11 @@ class DigitOracle:
             tracks_keep_class = all(len(set(classes[t])) == 1 for t in tracks)
             identity[v] = 2 * len(resolved) >= f and same_classes and tracks_keep_class
             judged = [t for t in tracks if len(t) >= 3]
-            motion[v] = (bool(judged) or f < 3) and all(self._track_plausible(t, det) for t in judged)
+            faults = [x for x in (self._track_fault(t, det) for t in judged) if x is not None]
+            fault[v] = faults[0] if faults else ("" if judged or f < 3 else "untracked")
+            motion[v] = not fault[v]
         return OracleResult(recognisable, count, identity, (count == self.num_digits).all(1), motion, self.num_digits,
-                            adjacent_pairs=adjacent)
+                            adjacent_pairs=adjacent, motion_fault=fault)
 
     def metrics(self, videos: Tensor) -> dict[str, float]:
         return self.evaluate(videos).summary()
