@@ -344,8 +344,8 @@ def upsample(checkpoint, video, sr_weight, overlap, steps, sampler, guidance, la
                                         "the null class, e.g. 10 for digits, samples unconditionally).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_user_errors
-def eval_command(run_or_checkpoint, num, steps, sampler, gamma, guidance, seed, weights, dataset, path, split, fvd_weights,
-                 samples_file, out, batch_size, label, quiet) -> None:
+def eval_command(run_or_checkpoint, num, steps, sampler, gamma, guidance, seed, weights, dataset, path, split,
+                 fvd_weights, samples_file, out, batch_size, label, quiet) -> None:
     """Sample a run, score the samples against real clips: eval.json and eval.html.
 
     \b

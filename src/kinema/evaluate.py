@@ -76,9 +76,9 @@ def score(samples: Tensor, real: Tensor, data: DataConfig, *, real_baseline: Opt
         from .eval import DigitOracle
 
         oracle = DigitOracle(data.num_digits, data.digit_size, (data.speed_min, data.speed_max))
-        real_features = oracle.clip_features(real)
-        det = oracle.detect(samples)
-        verdicts, real_verdicts = oracle.evaluate(samples, det), oracle.evaluate(real)
+        det, real_det = oracle.detect(samples), oracle.detect(real)  # each set segmented and classified once
+        real_features = oracle.clip_features(real, real_det)
+        verdicts, real_verdicts = oracle.evaluate(samples, det), oracle.evaluate(real, real_det)
         metrics["oracle"] = {
             "samples": verdicts.summary(),
             "real": real_verdicts.summary(),
@@ -122,8 +122,8 @@ def _default_out(checkpoint: Path) -> Path:
 
 def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *, num: int = 256,
              steps: Optional[int] = None, sampler: Optional[str] = None, gamma: Optional[float] = None,
-             guidance: Optional[float] = None, seed: Optional[int] = None, weights: str = "ema", dataset: Optional[str] = None,
-             path: Optional[str] = None, split: str = "test", fvd_weights: Optional[str | Path] = None,
+             guidance: Optional[float] = None, seed: Optional[int] = None, weights: str = "ema",
+             dataset: Optional[str] = None, path: Optional[str] = None, split: str = "test", fvd_weights: Optional[str | Path] = None,
              samples_file: Optional[str | Path] = None, batch_size: int = 16, label: Optional[int] = None,
              device: Optional[str | torch.device] = None, progress: bool = True) -> tuple[dict, Path]:
     """Sample (or read `samples_file`), score against `num` real clips, write OUT/eval.json, eval.html and

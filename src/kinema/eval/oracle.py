@@ -332,8 +332,7 @@ class DigitOracle:
         singles = np.bincount(key, single, minlength=n * f).reshape(n, f)
         recognisable = sure / np.maximum(singles, 1)  # 0 where no digit is seen on its own
         classes = det.classes
-        identity, motion = np.zeros(n, bool), np.zeros(n, bool)
-        fault = np.full(n, "", dtype=object)
+        identity, fault = np.zeros(n, bool), np.full(n, "", dtype=object)
         adjacent = np.zeros((n, 2), int)
         for v, frames in enumerate(det.per_frame()):
             # per frame: its sorted classes if every digit is seen on its own, else None
@@ -349,9 +348,8 @@ class DigitOracle:
             judged = [t for t in tracks if len(t) >= 3]
             faults = [x for x in (self._track_fault(t, det) for t in judged) if x is not None]
             fault[v] = faults[0] if faults else ("" if judged or f < 3 else "untracked")
-            motion[v] = not fault[v]
-        return OracleResult(recognisable, count, identity, (count == self.num_digits).all(1), motion, self.num_digits,
-                            adjacent_pairs=adjacent, motion_fault=fault)
+        return OracleResult(recognisable, count, identity, (count == self.num_digits).all(1), fault == "",
+                            self.num_digits, adjacent_pairs=adjacent, motion_fault=fault)
 
     def metrics(self, videos: Tensor) -> dict[str, float]:
         return self.evaluate(videos).summary()
