@@ -123,9 +123,10 @@ def _default_out(checkpoint: Path) -> Path:
 def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *, num: int = 256,
              steps: Optional[int] = None, sampler: Optional[str] = None, gamma: Optional[float] = None,
              guidance: Optional[float] = None, seed: Optional[int] = None, weights: str = "ema",
-             dataset: Optional[str] = None, path: Optional[str] = None, split: str = "test", fvd_weights: Optional[str | Path] = None,
-             samples_file: Optional[str | Path] = None, batch_size: int = 16, label: Optional[int] = None,
-             device: Optional[str | torch.device] = None, progress: bool = True) -> tuple[dict, Path]:
+             dataset: Optional[str] = None, path: Optional[str] = None, split: str = "test",
+             fvd_weights: Optional[str | Path] = None, samples_file: Optional[str | Path] = None, batch_size: int = 16,
+             label: Optional[int] = None, device: Optional[str | torch.device] = None,
+             progress: bool = True) -> tuple[dict, Path]:
     """Sample (or read `samples_file`), score against `num` real clips, write OUT/eval.json, eval.html and
     sample/real strips. Returns (the eval.json dict, OUT)."""
     from .media import frame_strip, to_uint8, write_videos

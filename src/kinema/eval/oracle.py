@@ -346,8 +346,8 @@ class DigitOracle:
             tracks_keep_class = all(len(set(classes[t])) == 1 for t in tracks)
             identity[v] = 2 * len(resolved) >= f and same_classes and tracks_keep_class
             judged = [t for t in tracks if len(t) >= 3]
-            faults = [x for x in (self._track_fault(t, det) for t in judged) if x is not None]
-            fault[v] = faults[0] if faults else ("" if judged or f < 3 else "untracked")
+            first = next((x for x in (self._track_fault(t, det) for t in judged) if x is not None), None)
+            fault[v] = first or ("" if judged or f < 3 else "untracked")
         return OracleResult(recognisable, count, identity, (count == self.num_digits).all(1), fault == "",
                             self.num_digits, adjacent_pairs=adjacent, motion_fault=fault)
 
