@@ -133,3 +133,49 @@ def test_gamma_overrides_the_ancestral_noise_and_is_recorded(run, tmp_path):
     assert result.exit_code == 0, result.output
     sampling = json.loads((out / "eval.json").read_text())["sampling"]
     assert sampling["sampler"] == "ancestral" and sampling["gamma"] == 0.3 and "eta" not in sampling
+
+
+def test_langevin_corrector_is_a_sample_setting_an_option_and_recorded(run, tmp_path):
+    from kinema.config import ConfigError, apply_overrides, load_config
+    from kinema.pipeline import run_sampler
+
+    cfg = load_config(run / "config.toml")
+    with pytest.raises(ConfigError, match="sample.langevin_steps"):
+        apply_overrides(cfg, ["sample.langevin_steps=-1"])
+    with pytest.raises(ConfigError, match="sample.langevin_delta"):
+        apply_overrides(cfg, ["sample.langevin_delta=0"])
+    calls = []
+
+    def den(z, t):
+        calls.append(t[0].item())
+        return 0.5 * z
+
+    noise = torch.randn(1, 1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    for setting, override, expected in ((2, None, 4 + 3 * 2), (2, 0, 4), (0, 1, 4 + 3)):  # no corrector after t = 0
+        calls.clear()
+        pc = apply_overrides(cfg, ["sample.sampler=ancestral", "sample.steps=4", f"sample.langevin_steps={setting}"])
+        run_sampler(den, noise, pc, langevin_steps=override, generator=torch.Generator().manual_seed(1))
+        assert len(calls) == expected, (setting, override)
+
+    runner = CliRunner()
+
+    def sample(*args):
+        out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.npz"
+        result = runner.invoke(main, ["sample", str(run), "--num", "2", "--steps", "3", "--seed", "1", "--out", str(out),
+                                      "--sampler", "ancestral", *args])
+        assert result.exit_code == 0, result.output
+        return np.load(out)["videos"]
+
+    default = sample()
+    assert np.array_equal(sample("--langevin", "0"), default)  # the run's sample.langevin_steps
+    assert not np.array_equal(sample("--langevin", "1"), default)
+    result = runner.invoke(main, ["sample", str(run), "--num", "1", "--langevin", "-1"])
+    assert result.exit_code == 2 and "--langevin" in result.output
+    result = runner.invoke(main, ["eval", str(run), "--num", "2", "--langevin", "1", "--samples", str(tmp_path / "x.npz")])
+    assert result.exit_code == 1 and "--langevin" in result.output and "does not apply to --samples" in result.output
+    out = tmp_path / "ev"
+    for args, recorded in (((), {"langevin_steps": 0}), (("--langevin", "1"), {"langevin_steps": 1, "langevin_delta": 0.1})):
+        result = runner.invoke(main, ["eval", str(run), "--num", "2", "--steps", "2", "--quiet", "--out", str(out), *args])
+        assert result.exit_code == 0, result.output
+        sampling = json.loads((out / "eval.json").read_text())["sampling"]
+        assert {k: v for k, v in sampling.items() if k.startswith("langevin")} == recorded

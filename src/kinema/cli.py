@@ -121,6 +121,9 @@ def train(config_file, preset, name, out_dir, resume, quiet, overrides) -> None:
 @click.option("--gamma", type=click.FloatRange(0, 1),
               help="Ancestral sampler's noise: 0 = the posterior variance, 1 = the forward one "
                    "(default: the run's sample.gamma).")
+@click.option("--langevin", "langevin_steps", type=click.IntRange(0),
+              help="Langevin corrector steps after each sampler step (VDM predictor-corrector; each costs one more "
+                   "network call; default: the run's sample.langevin_steps).")
 @click.option("--guidance", type=float, help="Classifier-free guidance weight w (0 = none; VDM convention).")
 @click.option("--label", type=int, help="Class label for every video (class-conditional models).")
 @click.option("--prompt", help="Text prompt for every video (text-conditional models).")
@@ -132,8 +135,8 @@ def train(config_file, preset, name, out_dir, resume, quiet, overrides) -> None:
                    "Repeat to write the same samples several ways. Default: samples.gif")
 @click.option("--fps", type=float, help="Frames per second of the written video.")
 @_user_errors
-def sample(run_or_checkpoint, num, steps, sampler, gamma, guidance, label, prompt, seed, frames, weights, outs,
-           fps) -> None:
+def sample(run_or_checkpoint, num, steps, sampler, gamma, langevin_steps, guidance, label, prompt, seed, frames, weights,
+           outs, fps) -> None:
     """Sample videos from a run folder (its newest checkpoint), a checkpoint folder, or a shipped model.
 
     \b
@@ -149,7 +152,8 @@ def sample(run_or_checkpoint, num, steps, sampler, gamma, guidance, label, promp
     cfg, model = load_model(run_or_checkpoint, weights, device)
     labels = None if label is None else torch.full((num,), label)  # the pipeline checks it fits the model
     videos = generate(model, cfg, num, steps=steps, sampler=sampler, gamma=gamma, guidance=guidance, seed=seed,
-                      labels=labels, prompts=[prompt] if prompt is not None else None, frames=frames, progress=True)
+                      labels=labels, langevin_steps=langevin_steps, prompts=[prompt] if prompt is not None else None,
+                      frames=frames, progress=True)
     frames_uint8 = to_uint8(videos)
     for out in outs or ("samples.gif",):
         written = write_videos(frames_uint8, out, fps=fps or cfg.sample.fps, scale=2)
@@ -324,6 +328,9 @@ def upsample(checkpoint, video, sr_weight, overlap, steps, sampler, guidance, la
 @click.option("--gamma", type=click.FloatRange(0, 1),
               help="Ancestral sampler's noise: 0 = the posterior variance, 1 = the forward one "
                    "(default: the run's sample.gamma).")
+@click.option("--langevin", "langevin_steps", type=click.IntRange(0),
+              help="Langevin corrector steps after each sampler step (VDM predictor-corrector; each costs one more "
+                   "network call; default: the run's sample.langevin_steps).")
 @click.option("--guidance", type=float, help="Classifier-free guidance weight w (0 = none).")
 @click.option("--seed", type=int, help="Sampling seed (default: the run's sample.seed).")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
@@ -344,8 +351,8 @@ def upsample(checkpoint, video, sr_weight, overlap, steps, sampler, guidance, la
                                         "the null class, e.g. 10 for digits, samples unconditionally).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_user_errors
-def eval_command(run_or_checkpoint, num, steps, sampler, gamma, guidance, seed, weights, dataset, path, split,
-                 fvd_weights, samples_file, out, batch_size, label, quiet) -> None:
+def eval_command(run_or_checkpoint, num, steps, sampler, gamma, langevin_steps, guidance, seed, weights, dataset, path,
+                 split, fvd_weights, samples_file, out, batch_size, label, quiet) -> None:
     """Sample a run, score the samples against real clips: eval.json and eval.html.
 
     \b
@@ -359,7 +366,7 @@ def eval_command(run_or_checkpoint, num, steps, sampler, gamma, guidance, seed, 
     result, folder = evaluate(run_or_checkpoint, out, num=num, steps=steps, sampler=sampler, gamma=gamma,
                               guidance=guidance, seed=seed, weights=weights, dataset=dataset, path=path, split=split,
                               fvd_weights=fvd_weights, samples_file=samples_file, batch_size=batch_size,
-                              label=label, progress=not quiet)
+                              label=label, langevin_steps=langevin_steps, progress=not quiet)
     metrics = result["metrics"]
     oracle = metrics["oracle"]
     if "samples" in oracle:

@@ -137,6 +137,10 @@ class SampleConfig:
     steps: int = 50
     eta: float = 0.0
     gamma: float = 0.1
+    # VDM's Langevin corrector (predictor-corrector): corrector steps after each sampler step, each one more
+    # network call, and its step size δ (spec A2)
+    langevin_steps: int = 0
+    langevin_delta: float = 0.1
     guidance: float = 0.0
     seed: int = 0
     fps: float = 8.0
@@ -144,6 +148,10 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         _choice("sample.sampler", self.sampler, ("ddim", "ancestral"))
+        if self.langevin_steps < 0:
+            raise ConfigError(f"sample.langevin_steps must be 0 or more; got {self.langevin_steps}")
+        if not self.langevin_delta > 0:
+            raise ConfigError(f"sample.langevin_delta must be positive; got {self.langevin_delta}")
         _choice("sample.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
 
 

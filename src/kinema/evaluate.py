@@ -125,8 +125,8 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
              guidance: Optional[float] = None, seed: Optional[int] = None, weights: str = "ema",
              dataset: Optional[str] = None, path: Optional[str] = None, split: str = "test",
              fvd_weights: Optional[str | Path] = None, samples_file: Optional[str | Path] = None, batch_size: int = 16,
-             label: Optional[int] = None, device: Optional[str | torch.device] = None,
-             progress: bool = True) -> tuple[dict, Path]:
+             label: Optional[int] = None, langevin_steps: Optional[int] = None,
+             device: Optional[str | torch.device] = None, progress: bool = True) -> tuple[dict, Path]:
     """Sample (or read `samples_file`), score against `num` real clips, write OUT/eval.json, eval.html and
     sample/real strips. Returns (the eval.json dict, OUT)."""
     from .media import frame_strip, to_uint8, write_videos
@@ -158,8 +158,9 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
         baseline = oracle.clip_features(reference_clips(data, split, num, offset=num))
     start = time.time()
     if samples_file is not None:
-        if label is not None:
-            raise ValueError("--label chooses the class of new samples; it does not apply to --samples")
+        for name, value in (("--label", label), ("--langevin", langevin_steps)):
+            if value is not None:
+                raise ValueError(f"{name} changes how new samples are drawn; it does not apply to --samples")
         samples = load_samples(samples_file, data.channels)[:num]
         if len(samples) < num:
             raise ValueError(f"{samples_file}: has {len(samples)} videos; --num {num} asks for more")
@@ -168,11 +169,14 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
         s = cfg.sample
         labels = None if label is None else torch.full((num,), label, device=device)
         samples = generate(model, cfg, num, steps=steps, sampler=sampler, gamma=gamma, guidance=guidance, seed=seed,
-                           labels=labels, device=device, progress=progress, batch_size=batch_size)
+                           labels=labels, langevin_steps=langevin_steps, device=device, progress=progress,
+                           batch_size=batch_size)
         seconds = time.time() - start
         sampler = sampler or s.sampler
         noise_level = ({"gamma": s.gamma if gamma is None else gamma} if sampler == "ancestral" else {"eta": s.eta})
-        sampling = {"sampler": sampler, "steps": steps or s.steps, **noise_level,
+        corrector = s.langevin_steps if langevin_steps is None else langevin_steps
+        sampling = {"sampler": sampler, "steps": steps or s.steps, **noise_level, "langevin_steps": corrector,
+                    **({"langevin_delta": s.langevin_delta} if corrector else {}),
                     "guidance": s.guidance if guidance is None else guidance, "seed": s.seed if seed is None else seed,
                     "labels": "random" if label is None else label, "weights": weights, "device": str(device),
                     "seconds": seconds, "seconds_per_video": seconds / num}

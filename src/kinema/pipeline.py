@@ -157,12 +157,17 @@ def conditioned_denoiser(model: nn.Module, cfg: RunConfig, cond: dict, uncond: d
 
 
 def run_sampler(denoise: Denoise, noise: Tensor, cfg: RunConfig, *, steps: Optional[int] = None,
-                sampler: Optional[str] = None, gamma: Optional[float] = None,
+                sampler: Optional[str] = None, gamma: Optional[float] = None, langevin_steps: Optional[int] = None,
                 generator: Optional[torch.Generator] = None, progress: bool = False) -> Tensor:
-    """Run the configured sampler (sample.sampler/steps/eta/gamma; steps, sampler and gamma overridable) from
-    `noise` (drawn from `build_noise(cfg.diffusion)`, as are the sampler's own draws)."""
+    """Run the configured sampler (sample.sampler/steps/eta/gamma/langevin_steps/langevin_delta; steps, sampler,
+    gamma and langevin_steps overridable) from `noise` (drawn from `build_noise(cfg.diffusion)`, as are the
+    sampler's own draws)."""
     s = cfg.sample
     steps, sampler = steps or s.steps, sampler or s.sampler
+    langevin_steps = s.langevin_steps if langevin_steps is None else langevin_steps
+    if langevin_steps < 0:
+        raise ValueError(f"langevin_steps must be 0 or more; got {langevin_steps}")
+    corrector = {"langevin_steps": langevin_steps, "langevin_delta": s.langevin_delta}
     schedule = build_schedule(cfg.diffusion)
     if sampler not in ("ddim", "ancestral"):
         raise ValueError(f"sampler must be 'ddim' or 'ancestral'; got {sampler!r}")
@@ -174,15 +179,15 @@ def run_sampler(denoise: Denoise, noise: Tensor, cfg: RunConfig, *, steps: Optio
     with autocast(resolve_precision(s.precision, noise.device), noise.device):
         if sampler == "ddim":
             return sample_ddim(denoise, noise, schedule, steps, eta=s.eta, generator=generator, progress=progress,
-                               noise_sampler=draw)
+                               noise_sampler=draw, **corrector)
         return sample_ancestral(denoise, noise, schedule, steps, gamma=gamma, generator=generator,
-                                progress=progress, noise_sampler=draw)
+                                progress=progress, noise_sampler=draw, **corrector)
 
 
 @torch.no_grad()
 def generate(model: nn.Module, cfg: RunConfig, num: int, *, steps: Optional[int] = None, sampler: Optional[str] = None,
              gamma: Optional[float] = None, guidance: Optional[float] = None, seed: Optional[int] = None,
-             labels: Optional[Tensor] = None,
+             labels: Optional[Tensor] = None, langevin_steps: Optional[int] = None,
              prompts: Optional[Sequence[str]] = None, frames: Optional[int] = None,
              device: Optional[torch.device] = None, progress: bool = False, batch_size: int = 16) -> Tensor:
     """Sample `num` videos (num, C, F, H, W) in [-1, 1] with the run's sampler settings (overridable).
@@ -205,7 +210,8 @@ def generate(model: nn.Module, cfg: RunConfig, num: int, *, steps: Optional[int]
         n = min(batch_size, num - start)
         noise = prior((n, cfg.data.channels, frames, cfg.data.height, cfg.data.width), generator=gen, device=device)
         denoise = conditioned_denoiser(model, cfg, _rows(cond, start, n), _rows(uncond, start, n), guidance)
-        out.append(run_sampler(denoise, noise, cfg, steps=steps, sampler=sampler, gamma=gamma, generator=gen,
+        out.append(run_sampler(denoise, noise, cfg, steps=steps, sampler=sampler, gamma=gamma,
+                               langevin_steps=langevin_steps, generator=gen,
                                progress=progress).float().cpu())
     model.train(was_training)
     return torch.cat(out).clamp(-1, 1)
