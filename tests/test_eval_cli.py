@@ -161,8 +161,8 @@ def test_langevin_corrector_is_a_sample_setting_an_option_and_recorded(run, tmp_
 
     def sample(*args):
         out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.npz"
-        result = runner.invoke(main, ["sample", str(run), "--num", "2", "--steps", "3", "--seed", "1", "--out", str(out),
-                                      "--sampler", "ancestral", *args])
+        result = runner.invoke(main, ["sample", str(run), "--num", "2", "--steps", "3", "--seed", "1",
+                                      "--out", str(out), "--sampler", "ancestral", *args])
         assert result.exit_code == 0, result.output
         return np.load(out)["videos"]
 
@@ -171,11 +171,14 @@ def test_langevin_corrector_is_a_sample_setting_an_option_and_recorded(run, tmp_
     assert not np.array_equal(sample("--langevin", "1"), default)
     result = runner.invoke(main, ["sample", str(run), "--num", "1", "--langevin", "-1"])
     assert result.exit_code == 2 and "--langevin" in result.output
-    result = runner.invoke(main, ["eval", str(run), "--num", "2", "--langevin", "1", "--samples", str(tmp_path / "x.npz")])
+    result = runner.invoke(main, ["eval", str(run), "--num", "2", "--langevin", "1",
+                                  "--samples", str(tmp_path / "x.npz")])
     assert result.exit_code == 1 and "--langevin" in result.output and "does not apply to --samples" in result.output
     out = tmp_path / "ev"
-    for args, recorded in (((), {"langevin_steps": 0}), (("--langevin", "1"), {"langevin_steps": 1, "langevin_delta": 0.1})):
-        result = runner.invoke(main, ["eval", str(run), "--num", "2", "--steps", "2", "--quiet", "--out", str(out), *args])
+    corrected = {"langevin_steps": 1, "langevin_delta": 0.1}
+    for args, recorded in (((), {"langevin_steps": 0}), (("--langevin", "1"), corrected)):
+        result = runner.invoke(main, ["eval", str(run), "--num", "2", "--steps", "2", "--quiet", "--out", str(out),
+                                      *args])
         assert result.exit_code == 0, result.output
         sampling = json.loads((out / "eval.json").read_text())["sampling"]
         assert {k: v for k, v in sampling.items() if k.startswith("langevin")} == recorded
