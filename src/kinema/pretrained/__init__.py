@@ -25,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 
 # name -> what it is (shown by `kinema presets`)
 PRETRAINED = {
-    "moving-digits": "tiny16 U-Net, 8 frames of 16×16 Moving Digits (one digit), classes 0-9 (--label), CFG w=1",
+    "moving-digits": "tiny16 U-Net, 8 frames of 16×16 Moving Digits (one digit), classes 0-9 (--label), CFG w=1, "
+                     "ancestral 50 steps + Langevin corrector",
 }
 
 
