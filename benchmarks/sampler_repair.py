@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from kinema.diffusion.samplers import _batch_time, ancestral_step, langevin_step, time_grid
+from kinema.diffusion.samplers import sample_ancestral, time_grid
 from kinema.eval.oracle import DigitOracle
 from kinema.pipeline import _rows, build_schedule, conditioned_denoiser, conditioning, load_model
 
@@ -33,12 +33,8 @@ def sample(model, cfg, cond, uncond, z0, variant: str, gamma: float = 0.1, steps
     times = time_grid(steps).tolist()
 
     def solve(den, z, ts, gen):
-        for t, s in zip(ts[:-1], ts[1:]):
-            x = den(z, _batch_time(t, z))
-            z = ancestral_step(z, x, t, s, schedule, gamma, torch.randn(z.shape, generator=gen) if s > 0 else None)
-            if variant == "langevin" and s > 0:
-                z = langevin_step(den, z, s, schedule, 0.1, torch.randn(z.shape, generator=gen))
-        return z
+        return sample_ancestral(den, z, schedule, times=torch.tensor(ts), gamma=gamma, generator=gen,
+                                langevin_steps=int(variant == "langevin"), langevin_delta=0.1)
 
     def alpha_sigma(t):
         a, s = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))

@@ -164,10 +164,8 @@ def run_sampler(denoise: Denoise, noise: Tensor, cfg: RunConfig, *, steps: Optio
     sampler's own draws)."""
     s = cfg.sample
     steps, sampler = steps or s.steps, sampler or s.sampler
-    langevin_steps = s.langevin_steps if langevin_steps is None else langevin_steps
-    if langevin_steps < 0:
-        raise ValueError(f"langevin_steps must be 0 or more; got {langevin_steps}")
-    corrector = {"langevin_steps": langevin_steps, "langevin_delta": s.langevin_delta}
+    corrector = {"langevin_steps": s.langevin_steps if langevin_steps is None else langevin_steps,
+                 "langevin_delta": s.langevin_delta}
     schedule = build_schedule(cfg.diffusion)
     if sampler not in ("ddim", "ancestral"):
         raise ValueError(f"sampler must be 'ddim' or 'ancestral'; got {sampler!r}")

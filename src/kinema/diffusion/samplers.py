@@ -166,6 +166,8 @@ def _resolve_times(steps: Optional[int], times: Optional[Tensor], grid: str, sch
 def _sample(step_fn, denoise: Denoise, noise: Tensor, schedule: Schedule, times: Tensor, *,
             generator: Optional[torch.Generator], callback: Optional[Callback], progress: bool,
             langevin_steps: int, langevin_delta: float, description: str, noise_sampler: NoiseSampler) -> Tensor:
+    if langevin_steps < 0:
+        raise ValueError(f"langevin_steps must be 0 or more; got {langevin_steps}")
     z = noise
     pairs = list(zip(times[:-1].tolist(), times[1:].tolist()))
     for i, (t, s) in enumerate(tqdm(pairs, desc=description, disable=not progress, leave=False)):
