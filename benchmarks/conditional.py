@@ -35,8 +35,9 @@ import torch
 from kinema.data import MovingDigits
 from kinema.eval import DigitOracle
 from kinema.eval.frames import psnr, ssim
-from kinema.pipeline import generate, load_model
-from kinema.tasks import plan_windows, predict
+from kinema.build import load_model
+from kinema.config import with_sample
+from kinema.sample import generate, plan_windows, predict
 
 
 def majority(classes: np.ndarray) -> int:
@@ -94,8 +95,9 @@ def main() -> None:
     results["real"] = real_scores
     for w in [float(x) for x in args.weights.split(",")]:
         start = time.time()
-        pred = predict(model, cfg, context, args.length - overlap, method="reconstruction", weight=w,
-                       overlap=overlap, steps=args.steps, sampler="ddim", seed=args.seed, labels=labels, guidance=0.0)
+        run = with_sample(cfg, steps=args.steps, sampler="ddim", seed=args.seed, guidance=0.0)
+        pred = predict(model, run, context, args.length - overlap, method="reconstruction", weight=w,
+                       overlap=overlap, labels=labels)
         seconds = (time.time() - start) / args.num
         scores = prediction_scores(oracle, pred, real, plan, overlap)
         name = "replacement" if w == 0 else f"reconstruction w_r={w:g}"
@@ -109,8 +111,8 @@ def main() -> None:
         print(f"\nclass-conditional: {args.num} videos per weight, classes 0-9 in turn, DDIM {args.steps} steps")
         print(f"{'w':>6}{'frames of requested class':>28}{'videos all frames':>19}")
         for w in [float(x) for x in args.guidance.split(",")]:
-            videos = generate(model, cfg, args.num, steps=args.steps, sampler="ddim", guidance=w, seed=args.seed,
-                              labels=requested)
+            videos = generate(model, with_sample(cfg, steps=args.steps, sampler="ddim", guidance=w, seed=args.seed),
+                              args.num, labels=requested)
             classes = oracle.classify_frames(videos)
             hit = classes == requested.numpy()[:, None]
             row = {"weight": w, "frame_accuracy": float(hit.mean()), "video_accuracy": float(hit.all(1).mean())}

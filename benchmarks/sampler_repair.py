@@ -23,7 +23,10 @@ import torch
 
 from kinema.diffusion.samplers import sample_ancestral, time_grid
 from kinema.eval.oracle import DigitOracle
-from kinema.pipeline import _rows, build_schedule, conditioned_denoiser, conditioning, load_model
+from kinema.build import build_schedule, load_model
+from kinema.config import with_sample
+from kinema.sample import conditioned_denoiser, conditioning
+from kinema.sample.generation import rows
 
 RESTART = (0.7, 0.4, 2)  # (t_max, t_min, repeats)
 
@@ -44,7 +47,7 @@ def sample(model, cfg, cond, uncond, z0, variant: str, gamma: float = 0.1, steps
     for start in range(0, len(z0), 16):
         n = min(16, len(z0) - start)
         gen = torch.Generator().manual_seed(1000 + start)
-        den = conditioned_denoiser(model, cfg, _rows(cond, start, n), _rows(uncond, start, n), 1.0)
+        den = conditioned_denoiser(model, with_sample(cfg, guidance=1.0), rows(cond, start, n), rows(uncond, start, n))
         z = z0[start:start + n]
         if variant == "restart":
             t_max, t_min, repeats = RESTART

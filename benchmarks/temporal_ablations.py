@@ -70,13 +70,13 @@ def collect(name: str, out_dir: Path) -> dict:
     run = out_dir / name
     result = json.loads((run / "eval" / "eval.json").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    oracle = result["metrics"]["oracle"]
+    metrics = {row["key"]: row for row in result["metrics"]}  # eval.json metric rows
     return {"variant": name, "change": VARIANTS[name].change, "overrides": list(VARIANTS[name].overrides), "steps": result["step"],
             "final_loss": sum(r["loss"] for r in records[-5:]) / len(records[-5:]),
             "minutes": records[-1]["elapsed_s"] / 60, "num": result["num"],
-            "sampling_steps": result["sampling"].get("steps"), **{m: oracle["samples"].get(m) for m in METRICS},
-            "oracle_fd": oracle["fd"], "real": {**{m: oracle["real"].get(m) for m in METRICS},
-                                                "oracle_fd": oracle["fd_real_vs_real"]}}
+            "sampling_steps": result["sampling"].get("steps"), **{m: metrics[m]["samples"] for m in METRICS},
+            "oracle_fd": metrics["oracle_fd"]["samples"],
+            "real": {**{m: metrics[m]["real"] for m in METRICS}, "oracle_fd": metrics["oracle_fd"]["real"]}}
 
 
 def main() -> None:

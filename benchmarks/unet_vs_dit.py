@@ -35,8 +35,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from kinema.config import RUN_PRESETS, RunConfig, apply_overrides
 from kinema.diffusion import diffusion_loss
 from kinema.eval import DigitOracle
-from kinema.pipeline import build_dataset, build_model, build_schedule, generate
-from kinema.train import resolve_precision, train
+from kinema.build import build_dataset, build_model, build_schedule
+from kinema.config import with_sample
+from kinema.precision import resolve_precision
+from kinema.sample import generate
+from kinema.train import train
 
 PRESETS = ("tiny", "dit-tiny")
 LAST_STEPS = 50  # steps averaged for the final loss
@@ -76,7 +79,7 @@ def run(name: str, args: argparse.Namespace, oracle: DigitOracle, reference: tor
     result = train(cfg, args.out_dir / name, progress=not args.quiet)
     times, losses = step_times(args.out_dir / name)
     print(f"sampling {args.num} videos from {name} ({args.steps} DDIM steps)")
-    videos = generate(result.ema, cfg, args.num, steps=args.steps, sampler="ddim", progress=not args.quiet)
+    videos = generate(result.ema, with_sample(cfg, steps=args.steps, sampler="ddim"), args.num, progress=not args.quiet)
     return {"name": name, "model": cfg.model.summary(), "params": params, "gflop_per_step": flops / 1e9,
             "median_step_s": statistics.median(times), "steps": result.step,
             "final_loss": float(np.mean(losses[-LAST_STEPS:])), **oracle_scores(oracle, videos, reference)}

@@ -42,9 +42,11 @@ from torch import nn
 from kinema.config import RUN_PRESETS, apply_overrides
 from kinema.data import MovingDigits
 from kinema.eval import DigitOracle
-from kinema.media import to_uint8, write_videos
-from kinema.pipeline import generate
-from kinema.train import resolve_precision, train
+from kinema.config import with_sample
+from kinema.data.media import to_uint8, write_videos
+from kinema.precision import resolve_precision
+from kinema.sample import generate
+from kinema.train import train
 
 
 PRESET = "tiny16"
@@ -185,8 +187,8 @@ def main() -> None:
     guidance = kin["cfg"].sample.guidance if args.guidance is None else args.guidance
     labels = torch.randint(0, NUM_CLASSES, (args.num,), generator=torch.Generator().manual_seed(args.seed))
     start = time.time()
-    kin_samples = generate(kin["model"], kin["cfg"], args.num, steps=args.kinema_steps, sampler="ddim",
-                           guidance=guidance, labels=labels, seed=args.seed, device=device, progress=True,
+    kin_cfg = with_sample(kin["cfg"], steps=args.kinema_steps, sampler="ddim", guidance=guidance, seed=args.seed)
+    kin_samples = generate(kin["model"], kin_cfg, args.num, labels=labels, device=device, progress=True,
                            batch_size=args.sample_batch)
     kin_seconds = time.time() - start
     peer_samples, peer_seconds = sample_peer(peer, labels, guidance, args.peer_steps, args.sample_batch, args.seed)

@@ -53,3 +53,19 @@ def bayes_optimal_v_loss(schedule, data, t, noise):
     weights = torch.softmax(-dist / (2 * sigma[:, None] ** 2), dim=1)
     x_hat = torch.einsum("bk,kcfhw->bcfhw", weights, data)
     return (x_hat - data).pow(2).flatten(1).mean(1) / sigma**2  # v-MSE = ||Δx||² / σ²
+
+
+# A run small enough for a train step in tens of milliseconds: the one micro config of the test suite.
+MICRO = ["model.base_channels=8", "model.channel_mults=1,2", "model.attention_levels=1", "model.head_dim=8",
+         "data.frames=4", "data.height=16", "data.width=16", "data.digit_size=8", "train.batch_size=2",
+         "train.warmup_steps=2", "train.sample_every=0", "train.log_every=1", "sample.steps=3",
+         "train.precision=fp32"]
+MICRO_DIT = ["model.backbone=dit", "model.hidden_dim=32", "model.depth=2", "model.heads=2",
+             *[item for item in MICRO if not item.startswith("model.")]]
+
+
+def micro(*extra: str, dit: bool = False):
+    """The micro RunConfig (U-Net, or the DiT with dit=True) with `section.field=value` overrides on top."""
+    from kinema.config import RunConfig, apply_overrides
+
+    return apply_overrides(RunConfig(name="micro"), (MICRO_DIT if dit else MICRO) + list(extra))

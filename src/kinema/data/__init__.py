@@ -1,9 +1,17 @@
-"""Datasets of clips (C, F, H, W) in [-1, 1]: Moving Digits, video folders, image folders, joint image+video."""
+"""Datasets of clips (C, F, H, W) in [-1, 1]: Moving Digits, video folders, image folders, joint image+video.
 
-from .folders import ImageFolder, VideoFolder, fit_frames
+`DATASETS` is the table of `data.dataset` names: config validation and the CLI's choices read it. Each class
+builds itself from a `DataConfig` (`from_config(data, split, progress)`) and says what it provides:
+`num_classes` (0: no labels), `captions`, and `splits` (empty: one set, the split does not apply).
+"""
+
+from .folders import ImageFolder, VideoFolder
 from .joint import JointImageVideo
+from .media import fit_frames
 from .moving_digits import MovingDigits, digit_images
 from .sampler import ResumableBatchSampler
 
-__all__ = ["MovingDigits", "digit_images", "VideoFolder", "ImageFolder", "fit_frames", "JointImageVideo",
+__all__ = ["DATASETS", "MovingDigits", "digit_images", "VideoFolder", "ImageFolder", "fit_frames", "JointImageVideo",
            "ResumableBatchSampler"]
+
+DATASETS = {"moving-digits": MovingDigits, "video-folder": VideoFolder, "image-folder": ImageFolder}

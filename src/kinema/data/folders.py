@@ -14,31 +14,18 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_video
+from .media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, fit_frames, read_video
 
-__all__ = ["VideoFolder", "ImageFolder", "fit_frames"]
+__all__ = ["VideoFolder", "ImageFolder"]
 
 
-def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Centre-crop uint8 (F, H, W, C) frames to the target aspect ratio and resize (antialiased)."""
-    f, h, w, c = frames.shape
-    target = width / height
-    if w / h > target:  # too wide: crop width
-        new_w = max(1, round(h * target))
-        x0 = (w - new_w) // 2
-        frames = frames[:, :, x0:x0 + new_w]
-    else:
-        new_h = max(1, round(w / target))
-        y0 = (h - new_h) // 2
-        frames = frames[:, y0:y0 + new_h]
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    if x.shape[-2:] != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+def _folder(data) -> str:
+    if not data.path:
+        raise ValueError(f"data.path must name a folder for data.dataset={data.dataset}")
+    return data.path
 
 
 def _find(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -60,6 +47,15 @@ class VideoFolder(Dataset):
     Item: {"video": float32 (C, F, H, W) in [-1, 1]}; a key (index, salt) varies the random flip
     between epochs (the batch sampler passes the epoch as salt).
     """
+
+    num_classes = 0
+    captions = False
+    splits = ()  # one set of files: a split does not apply
+
+    @classmethod
+    def from_config(cls, data, split: str = "train", progress: bool = True) -> "VideoFolder":
+        return cls(_folder(data), data.frames, data.height, data.width, data.stride, data.flip, data.channels,
+                   data.seed, progress=progress)
 
     def __init__(self, root: str | os.PathLike, frames: int = 8, height: int = 32, width: int = 32, stride: int = 1,
                  flip: bool = True, channels: int = 3, seed: int = 0, max_frames_per_file: Optional[int] = None,
@@ -115,6 +111,16 @@ class VideoFolder(Dataset):
 
 class ImageFolder(Dataset):
     """Every image under `root` as a 1-frame clip: {"video": float32 (C, 1, H, W) in [-1, 1]}."""
+
+    num_classes = 0
+    captions = False
+    splits = ()
+
+    @classmethod
+    def from_config(cls, data, split: str = "train", progress: bool = True, path: str | None = None) -> "ImageFolder":
+        """The images of `data.path` (or `path`, e.g. data.images_path for joint training) at the data's size."""
+        return cls(path or _folder(data), data.height, data.width, data.flip, data.channels, data.seed,
+                   progress=progress)
 
     def __init__(self, root: str | os.PathLike, height: int = 32, width: int = 32, flip: bool = True,
                  channels: int = 3, seed: int = 0, progress: bool = True):

@@ -46,6 +46,19 @@ class MovingDigits(Dataset):
     """
 
     channels = 1
+    # what the dataset provides, read by the builder and the evaluator instead of testing its name
+    num_classes = 10
+    captions = True
+    splits = ("train", "test")
+
+    @classmethod
+    def from_config(cls, data, split: str = "train", progress: bool = True) -> "MovingDigits":
+        """From a `DataConfig` (data.frames/height/width/num_digits/digit_size/speed_min/speed_max/seed)."""
+        if data.height != data.width:
+            raise ValueError(f"moving-digits needs square frames; got data.height={data.height}, "
+                             f"data.width={data.width}")
+        return cls(split, data.frames, data.height, data.num_digits, data.digit_size, (data.speed_min, data.speed_max),
+                   seed=data.seed)
 
     def __init__(self, split: str = "train", frames: int = 8, size: int = 32, num_digits: int = 1,
                  digit_size: int = 14, speed: Sequence[float] = (1.0, 3.0), length: int = 1_000_000, seed: int = 0):

@@ -14,7 +14,16 @@ from .guidance import (
 from .losses import diffusion_loss, sample_times
 from .noise import FrameNoise
 from .parameterization import Denoiser, loss_weight, noise_level, x_from_output
-from .samplers import ancestral_step, ddim_step, langevin_step, sample_ancestral, sample_ddim, time_grid
+from .samplers import (
+    SAMPLERS,
+    SamplerEntry,
+    ancestral_step,
+    ddim_step,
+    langevin_step,
+    sample_ancestral,
+    sample_ddim,
+    time_grid,
+)
 from .schedules import (
     CosineSchedule,
     DDPMLinearSchedule,
@@ -27,6 +36,6 @@ __all__ = [
     "ClassifierFreeGuidance", "Conditioned", "Replacement", "ReconstructionGuidance", "SuperResolutionGuidance",
     "area_downsample", "Thresholded", "dynamic_threshold", "static_threshold",
     "diffusion_loss", "sample_times", "FrameNoise", "Denoiser", "loss_weight", "noise_level", "x_from_output",
-    "ancestral_step", "ddim_step", "langevin_step", "sample_ancestral", "sample_ddim", "time_grid",
+    "SAMPLERS", "SamplerEntry", "ancestral_step", "ddim_step", "langevin_step", "sample_ancestral", "sample_ddim", "time_grid",
     "CosineSchedule", "DDPMLinearSchedule", "InterpolatedCosineSchedule", "Schedule", "ShiftedCosineSchedule",
 ]

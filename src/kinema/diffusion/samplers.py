@@ -15,7 +15,7 @@ take a `noise_sampler`.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -33,6 +33,8 @@ __all__ = [
     "sample_ddim",
     "sample_ancestral",
     "GRIDS",
+    "SAMPLERS",
+    "SamplerEntry",
 ]
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
@@ -229,3 +231,19 @@ def sample_ancestral(denoise: Denoise, noise: Tensor, schedule: Schedule, steps:
                    generator=generator, callback=callback, progress=progress,
                    langevin_steps=langevin_steps, langevin_delta=langevin_delta, description="ancestral",
                    noise_sampler=draw)
+
+
+class SamplerEntry(NamedTuple):
+    """A `SAMPLERS` row: the solver, and the keyword (a `SampleConfig` field of the same name) that sets its noise
+    level, or None for a deterministic solver. Every solver takes (denoise, noise, schedule, steps) and the
+    keywords generator, progress, noise_sampler, langevin_steps and langevin_delta."""
+
+    solve: Callable[..., Tensor]
+    noise_level: Optional[str]
+
+
+# The one table of sampler names: sample.sampler's validation, the CLI's --sampler choices and run_sampler read it.
+SAMPLERS = {
+    "ddim": SamplerEntry(sample_ddim, "eta"),
+    "ancestral": SamplerEntry(sample_ancestral, "gamma"),
+}

@@ -1,8 +1,28 @@
-"""Networks: input (z, noise_level, conditioning, frame_mask), output of z's shape. No noise schedules here."""
+"""Networks: input (z, noise_level, conditioning, frame_mask), output of z's shape. No noise schedules here.
+
+`BACKBONES` is the table of `model.backbone` names: config loading and `build_model` read it.
+"""
+
+from typing import Any, NamedTuple
 
 from .attention import RelativePositionBias, SpatialAttention, TemporalAttention, temporal_attention_mask
 from .dit import DIT_PRESETS, DiT, DiTConfig
 from .unet3d import UNET_PRESETS, UNet3D, UNet3DConfig
 
-__all__ = ["UNet3D", "UNet3DConfig", "UNET_PRESETS", "DiT", "DiTConfig", "DIT_PRESETS", "SpatialAttention",
-           "TemporalAttention", "RelativePositionBias", "temporal_attention_mask"]
+__all__ = ["BACKBONES", "Backbone", "UNet3D", "UNet3DConfig", "UNET_PRESETS", "DiT", "DiTConfig", "DIT_PRESETS",
+           "SpatialAttention", "TemporalAttention", "RelativePositionBias", "temporal_attention_mask"]
+
+
+class Backbone(NamedTuple):
+    """A `BACKBONES` row: the config dataclass (its `backbone` field is the row's name), the network built from
+    it, and its named size presets."""
+
+    config: type
+    network: type
+    presets: dict[str, Any]
+
+
+BACKBONES = {
+    "unet3d": Backbone(UNet3DConfig, UNet3D, UNET_PRESETS),
+    "dit": Backbone(DiTConfig, DiT, DIT_PRESETS),
+}

@@ -1,8 +1,6 @@
-"""Training: the loop, EMA, checkpoints."""
+"""Training: the loop (`train`) and the EMA of the weights. Checkpoint folders live in `kinema.checkpoint`."""
 
-from .checkpoint import latest_checkpoint, list_checkpoints, load_state, resolve_checkpoint, save_checkpoint
 from .ema import EMA
-from .trainer import TrainingError, TrainResult, learning_rate, resolve_precision, train
+from .trainer import TrainingError, TrainResult, learning_rate, train
 
-__all__ = ["train", "learning_rate", "TrainingError", "TrainResult", "resolve_precision", "EMA", "save_checkpoint",
-           "latest_checkpoint", "list_checkpoints", "load_state", "resolve_checkpoint"]
+__all__ = ["train", "learning_rate", "TrainingError", "TrainResult", "EMA"]

@@ -1,4 +1,4 @@
-"""The training loop. One function, readable top to bottom; the same code runs alone or under torchrun.
+"""The training loop. `train()` reads top to bottom; the same code runs alone or under torchrun.
 
 Exact resume: everything random is drawn from explicit generators whose states are checkpointed
 (diffusion times and noise, label dropout) or from torch's global RNG (dropout), also checkpointed;
@@ -14,23 +14,19 @@ import os
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, save_config
-from ..data import ResumableBatchSampler
-from ..diffusion import diffusion_loss
-from ..media import to_uint8, write_videos
-from ..pipeline import build_dataset, build_model, build_noise, build_schedule, generate
-from ..precision import autocast, resolve_precision
-from .checkpoint import (
+from ..build import build_dataset, build_model, build_noise, build_schedule, resolve_model
+from ..checkpoint import (
     latest_checkpoint,
     load_optimizer_state,
     load_state,
@@ -38,9 +34,15 @@ from .checkpoint import (
     rng_state_to_json,
     save_checkpoint,
 )
+from ..config import RunConfig, save_config
+from ..data import ResumableBatchSampler
+from ..data.media import to_uint8, write_videos
+from ..diffusion import diffusion_loss
+from ..precision import autocast, resolve_precision
+from ..sample import generate
 from .ema import EMA
 
-__all__ = ["train", "TrainingError", "TrainResult", "resolve_precision"]
+__all__ = ["train", "TrainingError", "TrainResult", "learning_rate"]
 
 
 class TrainingError(RuntimeError):
@@ -53,22 +55,52 @@ class TrainResult:
     step: int
     checkpoint: Optional[Path]
     stopped_by: str  # "steps" | "time limit"
-    model: Optional[torch.nn.Module] = None  # the trained network (not the EMA) of this process
-    ema: Optional[torch.nn.Module] = None
+    model: Optional[nn.Module] = None  # the trained network (not the EMA) of this process
+    ema: Optional[nn.Module] = None
 
 
-def _distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device); initialises the process group under torchrun."""
+@dataclass
+class _Process:
+    """Where this training process runs: its rank among `world` processes and its device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class _State:
+    """What one training process holds and checkpoints: the network, its EMA, the optimizer, the grad scaler, the
+    generator of the diffusion draws, and the counters of steps taken and micro-batches consumed."""
+
+    network: nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator
+    precision: str
+    step: int = 0
+    batches: int = 0
+    saved: Optional[Path] = None  # the newest checkpoint written (or resumed from)
+    parallel: Optional[nn.Module] = field(default=None, repr=False)  # the network inside DDP, or the network
+
+
+def _distributed() -> _Process:
+    """This process's rank, world size and device; initialises the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return _Process(0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, local = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+        return _Process(rank, world, torch.device("cuda", local))
+    return _Process(rank, world, torch.device("cpu"))
 
 
 def learning_rate(cfg: RunConfig, step: int) -> float:
@@ -116,6 +148,170 @@ class _Log:
             self.tb.close()
 
 
+def _micro_batch(cfg: RunConfig, world: int) -> int:
+    tc = cfg.train
+    micro = tc.batch_size // (world * tc.grad_accum)
+    if micro * world * tc.grad_accum != tc.batch_size or micro == 0:
+        raise ValueError(f"train.batch_size ({tc.batch_size}) must be divisible by world size ({world}) "
+                         f"× train.grad_accum ({tc.grad_accum})")
+    return micro
+
+
+def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Optional[Path]:
+    last = latest_checkpoint(run_dir / "checkpoints")
+    if resume and last is None:
+        raise FileNotFoundError(f"{run_dir}: nothing to resume (no checkpoints/step_* folder)")
+    if not resume and last is not None:
+        raise FileExistsError(f"{run_dir} already holds checkpoints; resume it with --resume, or choose another --name")
+    return last
+
+
+def _generator_seed(cfg: RunConfig, rank: int, step: int = 0) -> int:
+    return cfg.train.seed * 1_000_003 + rank + 7919 * step
+
+
+def _new_state(cfg: RunConfig, proc: _Process) -> _State:
+    """A fresh network (the same initial weights on every rank), EMA, AdamW, grad scaler and generator."""
+    tc = cfg.train
+    torch.manual_seed(tc.seed)  # identical initial weights on every rank
+    network = build_model(cfg).to(proc.device)
+    # then a global RNG of each rank's own (dropout masks), unlike the shared one that drew the weights
+    torch.manual_seed(_generator_seed(cfg, proc.rank) + 1)
+    precision = resolve_precision(tc.precision, proc.device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    return _State(network, EMA(network, tc.ema_decay), optimizer,
+                  torch.amp.GradScaler(proc.device.type, enabled=precision == "fp16"),
+                  torch.Generator(device=proc.device).manual_seed(_generator_seed(cfg, proc.rank)), precision)
+
+
+def _restore(state: _State, checkpoint: Path, cfg: RunConfig, proc: _Process) -> None:
+    """Load weights, optimizer, counters and this rank's RNG states from `checkpoint`."""
+    _, saved = load_state(checkpoint, model=state.network, ema=state.ema.model, device=proc.device)
+    opt_state = load_optimizer_state(checkpoint, proc.device)
+    state.optimizer.load_state_dict(opt_state["optimizer"])
+    state.scaler.load_state_dict(opt_state["scaler"])
+    state.step, state.batches, state.saved = saved["step"], saved["batches"], checkpoint
+    rngs = saved["rng"].get(str(proc.rank))
+    if rngs is None:  # resumed on more processes than were saved: correct, but not bit-exact
+        warnings.warn(f"{checkpoint} holds RNG states for {len(saved['rng'])} process(es); rank {proc.rank} starts a "
+                      "fresh generator, so this resume is not bit-identical to an uninterrupted run")
+        state.generator.manual_seed(_generator_seed(cfg, proc.rank, state.step))
+        return
+    state.generator.set_state(rng_state_from_json(rngs["generator"]))
+    torch.set_rng_state(rng_state_from_json(rngs["torch"]))
+    if proc.device.type == "cuda" and "cuda" in rngs:
+        torch.cuda.set_rng_state(rng_state_from_json(rngs["cuda"]), proc.device)
+
+
+def _batches(cfg: RunConfig, state: _State, proc: _Process, progress: bool) -> Iterator[dict]:
+    """The training stream of micro-batches, continuing after the `state.batches` already consumed."""
+    dataset = build_dataset(cfg.data, "train", progress=progress and proc.is_main)
+    if proc.is_main and hasattr(dataset, "summary"):
+        tqdm.write(dataset.summary())
+    sampler = ResumableBatchSampler(len(dataset), _micro_batch(cfg, proc.world), world_size=proc.world,
+                                    rank=proc.rank, seed=cfg.data.seed, start_batch=state.batches)
+    return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                           pin_memory=proc.device.type == "cuda",
+                           generator=torch.Generator(),  # leaves the global RNG alone
+                           persistent_workers=cfg.data.num_workers > 0))
+
+
+def _conditioning(batch: dict, cfg: RunConfig, state: _State, text_encoder, device: torch.device) -> dict:
+    """The network's conditioning inputs for a batch, with labels and captions dropped for classifier-free
+    guidance at train.label_dropout / train.text_dropout."""
+    cond = {}
+    if "frame_mask" in batch:
+        cond["frame_mask"] = batch["frame_mask"].to(device)
+    null = state.network.null_class
+    if null is not None:
+        labels = batch["label"].to(device)
+        drop = torch.rand(labels.shape, generator=state.generator, device=device) < cfg.train.label_dropout
+        cond["labels"] = torch.where(drop, torch.full_like(labels, null), labels)
+    if text_encoder is not None:
+        cond["text"] = text_encoder(batch["caption"]).to(device)
+        keep = torch.rand(len(batch["caption"]), generator=state.generator, device=device) >= cfg.train.text_dropout
+        cond["text_mask"] = keep[:, None]  # a dropped caption is the null text
+    return cond
+
+
+def _optimizer_step(cfg: RunConfig, state: _State, proc: _Process, batches: Iterator[dict], text_encoder) -> tuple:
+    """One update from train.grad_accum micro-batches; returns (loss averaged over ranks, grad norm)."""
+    tc = cfg.train
+    schedule, prior = build_schedule(cfg.diffusion), build_noise(cfg.diffusion)
+
+    def forward(z, level, **cond):
+        with autocast(state.precision, proc.device):
+            return state.parallel(z, level, **cond)
+
+    for group in state.optimizer.param_groups:
+        group["lr"] = learning_rate(cfg, state.step)
+    total = torch.zeros((), device=proc.device)
+    for k in range(tc.grad_accum):
+        batch = next(batches)
+        state.batches += 1
+        x = batch["video"].to(proc.device, non_blocking=True)
+        cond = _conditioning(batch, cfg, state, text_encoder, proc.device)
+        sync = state.parallel.no_sync() if proc.world > 1 and k < tc.grad_accum - 1 else nullcontext()
+        with sync:
+            loss = diffusion_loss(forward, schedule, x, prediction=cfg.diffusion.prediction,
+                                  weighting=cfg.diffusion.weighting, cond=cond, generator=state.generator,
+                                  noise_sampler=prior.like).mean()
+            state.scaler.scale(loss / tc.grad_accum).backward()
+        total += loss.detach() / tc.grad_accum
+    if proc.world > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.AVG)
+    loss_value = total.item()
+    if not math.isfinite(loss_value):
+        kept = f"the last good checkpoint is {state.saved}" if state.saved else "no checkpoint was written yet"
+        raise TrainingError(f"loss is {loss_value} at step {state.step + 1}; training stopped and {kept}. "
+                            "Try a lower train.lr, train.grad_clip > 0, or train.precision=fp32.")
+    state.scaler.unscale_(state.optimizer)
+    clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.network.parameters(), clip)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.ema.update(state.network, state.step)
+    state.step += 1
+    return loss_value, float(grad_norm)
+
+
+def _save(cfg: RunConfig, run_dir: Path, state: _State, proc: _Process) -> Optional[Path]:
+    """Called on every rank: each contributes its RNG states; rank 0 writes the checkpoint."""
+    rng = {"generator": rng_state_to_json(state.generator.get_state()),
+           "torch": rng_state_to_json(torch.get_rng_state())}
+    if proc.device.type == "cuda":
+        rng["cuda"] = rng_state_to_json(torch.cuda.get_rng_state(proc.device))
+    per_rank = [rng]
+    if proc.world > 1:
+        per_rank = [None] * proc.world
+        dist.all_gather_object(per_rank, rng)
+    if not proc.is_main:
+        return None
+    record = {"step": state.step, "batches": state.batches, "rng": {str(r): s for r, s in enumerate(per_rank)},
+              "precision": state.precision, "world_size": proc.world}
+    optimizer = {"optimizer": state.optimizer.state_dict(), "scaler": state.scaler.state_dict()}
+    return save_checkpoint(run_dir / "checkpoints", cfg, state.network, state.ema.model, optimizer, record,
+                           cfg.train.keep_checkpoints)
+
+
+def _out_of_time(cfg: RunConfig, proc: _Process, start_time: float) -> bool:
+    """Whether train.time_limit_minutes has passed; under DDP every rank agrees (any rank's clock stops all)."""
+    limit = cfg.train.time_limit_minutes
+    out = limit > 0 and time.time() - start_time > 60 * limit
+    if proc.world > 1 and limit > 0:
+        flag = torch.tensor(float(out), device=proc.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        out = bool(flag.item())
+    return out
+
+
+def _write_preview(cfg: RunConfig, run_dir: Path, state: _State, device: torch.device) -> None:
+    videos = to_uint8(generate(state.ema.model, cfg, cfg.train.sample_count, device=device))
+    for suffix in (".gif", ".mp4"):
+        write_videos(videos, run_dir / "samples" / f"step_{state.step:06d}{suffix}", fps=cfg.sample.fps, scale=2)
+
+
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
           max_steps: Optional[int] = None) -> TrainResult:
     """Train `cfg` into `run_dir` (config.toml, metrics.jsonl, samples/, checkpoints/).
@@ -123,160 +319,51 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
     With `resume=True` training continues from the newest checkpoint in `run_dir`. `max_steps`
     stops this call early (the run's target stays cfg.train.steps); it exists for tests and demos.
     """
-    run_dir = Path(run_dir)
-    rank, world, device = _distributed()
-    is_main = rank == 0
+    run_dir, proc, cfg = Path(run_dir), _distributed(), resolve_model(cfg)
     tc = cfg.train
-    micro = tc.batch_size // (world * tc.grad_accum)
-    if micro * world * tc.grad_accum != tc.batch_size or micro == 0:
-        raise ValueError(f"train.batch_size ({tc.batch_size}) must be divisible by world size ({world}) "
-                         f"× train.grad_accum ({tc.grad_accum})")
-
-    checkpoint_dir = run_dir / "checkpoints"
-    last = latest_checkpoint(checkpoint_dir)
-    if resume and last is None:
-        raise FileNotFoundError(f"{run_dir}: nothing to resume (no checkpoints/step_* folder)")
-    if not resume and last is not None:
-        raise FileExistsError(f"{run_dir} already holds checkpoints; resume it with --resume, or choose another --name")
-
-    torch.manual_seed(tc.seed)  # identical initial weights on every rank
-    model = build_model(cfg).to(device)
-    ema = EMA(model, tc.ema_decay)
-    precision = resolve_precision(tc.precision, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    gen = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
-    step = batches = 0
+    _micro_batch(cfg, proc.world)
+    last = _checkpoint_to_resume(run_dir, resume)
+    state = _new_state(cfg, proc)
     if last is not None:
-        _, state = load_state(last, model=model, ema=ema.model, device=device)
-        opt_state = load_optimizer_state(last, device)
-        optimizer.load_state_dict(opt_state["optimizer"])
-        scaler.load_state_dict(opt_state["scaler"])
-        step, batches = state["step"], state["batches"]
-        rngs = state["rng"].get(str(rank))
-        if rngs is None:  # resumed on more processes than were saved: correct, but not bit-exact
-            warnings.warn(f"{last} holds RNG states for {len(state['rng'])} process(es); rank {rank} starts a fresh "
-                          "generator, so this resume is not bit-identical to an uninterrupted run")
-            gen.manual_seed(tc.seed * 1_000_003 + rank + 7919 * step)
-        else:
-            gen.set_state(rng_state_from_json(rngs["generator"]))
-            torch.set_rng_state(rng_state_from_json(rngs["torch"]))
-            if device.type == "cuda" and "cuda" in rngs:
-                torch.cuda.set_rng_state(rng_state_from_json(rngs["cuda"]), device)
-    net = DistributedDataParallel(model) if world > 1 else model
-
-    schedule, prior = build_schedule(cfg.diffusion), build_noise(cfg.diffusion)
-    dataset = build_dataset(cfg.data, "train", progress=progress and is_main)
-    if is_main and hasattr(dataset, "summary"):
-        tqdm.write(dataset.summary())
-    sampler = ResumableBatchSampler(len(dataset), micro, world_size=world, rank=rank, seed=cfg.data.seed,
-                                    start_batch=batches)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                        pin_memory=device.type == "cuda", generator=torch.Generator(),  # leaves the global RNG alone
-                        persistent_workers=cfg.data.num_workers > 0)
-    batch_iter = iter(loader)
+        _restore(state, last, cfg, proc)
+    state.parallel = DistributedDataParallel(state.network) if proc.world > 1 else state.network
+    batches = _batches(cfg, state, proc, progress)
     text_encoder = None
     if tc.text_conditional:
-        from ..text import TextEncoder
+        from ..models.text import TextEncoder  # loads sentence-transformers: only for text-conditional runs
 
         text_encoder = TextEncoder()
-
-    if is_main:
+    if proc.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.toml")
-    log = _Log(run_dir, is_main, step)
-    def network(z, level, **cond):
-        with autocast(precision, device):
-            return net(z, level, **cond)
-
-    def checkpoint() -> Optional[Path]:
-        """Called on every rank: each contributes its RNG states; rank 0 writes."""
-        rng = {"generator": rng_state_to_json(gen.get_state()), "torch": rng_state_to_json(torch.get_rng_state())}
-        if device.type == "cuda":
-            rng["cuda"] = rng_state_to_json(torch.cuda.get_rng_state(device))
-        per_rank = [rng]
-        if world > 1:
-            per_rank = [None] * world
-            dist.all_gather_object(per_rank, rng)
-        if not is_main:
-            return None
-        state = {"step": step, "batches": batches, "rng": {str(r): states for r, states in enumerate(per_rank)},
-                 "precision": precision, "world_size": world}
-        return save_checkpoint(checkpoint_dir, cfg, model, ema.model,
-                               {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}, state,
-                               tc.keep_checkpoints)
-
+    log = _Log(run_dir, proc.is_main, state.step)
     end = tc.steps if max_steps is None else min(tc.steps, max_steps)
-    start_time, start_step, stopped_by, saved = time.time(), step, "steps", last
-    bar = tqdm(total=tc.steps, initial=step, desc=f"training {cfg.name}", disable=not (progress and is_main),
-               dynamic_ncols=True)
-    model.train()
-    while step < end:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        total = torch.zeros((), device=device)
-        for k in range(tc.grad_accum):
-            batch = next(batch_iter)
-            batches += 1
-            x = batch["video"].to(device, non_blocking=True)
-            cond = {}
-            if "frame_mask" in batch:
-                cond["frame_mask"] = batch["frame_mask"].to(device)
-            if model.null_class is not None:
-                labels = batch["label"].to(device)
-                drop = torch.rand(labels.shape, generator=gen, device=device) < tc.label_dropout
-                cond["labels"] = torch.where(drop, torch.full_like(labels, model.null_class), labels)
-            if text_encoder is not None:
-                cond["text"] = text_encoder(batch["caption"]).to(device)
-                keep = torch.rand(len(batch["caption"]), generator=gen, device=device) >= tc.text_dropout
-                cond["text_mask"] = keep[:, None]  # a dropped caption is the null text
-            sync = net.no_sync() if world > 1 and k < tc.grad_accum - 1 else nullcontext()
-            with sync:
-                loss = diffusion_loss(network, schedule, x, prediction=cfg.diffusion.prediction,
-                                      weighting=cfg.diffusion.weighting, cond=cond, generator=gen,
-                                      noise_sampler=prior.like).mean()
-                scaler.scale(loss / tc.grad_accum).backward()
-            total += loss.detach() / tc.grad_accum
-        if world > 1:
-            dist.all_reduce(total, op=dist.ReduceOp.AVG)
-        loss_value = total.item()
-        if not math.isfinite(loss_value):
-            bar.close()
-            log.close()
-            kept = f"the last good checkpoint is {saved}" if saved else "no checkpoint was written yet"
-            raise TrainingError(f"loss is {loss_value} at step {step + 1}; training stopped and {kept}. "
-                                "Try a lower train.lr, train.grad_clip > 0, or train.precision=fp32.")
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(model, step)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-
-        if step % tc.log_every == 0 or step == end:
-            elapsed = time.time() - start_time
-            log.write({"step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
-                       "grad_norm": float(grad_norm), "steps_per_s": (step - start_step) / elapsed,
-                       "elapsed_s": elapsed})
-        out_of_time = tc.time_limit_minutes > 0 and time.time() - start_time > 60 * tc.time_limit_minutes
-        if world > 1 and tc.time_limit_minutes > 0:  # every rank must agree to stop
-            flag = torch.tensor(float(out_of_time), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
-        if step % tc.checkpoint_every == 0 or step == end or out_of_time:
-            saved = checkpoint() or saved
-        if is_main and tc.sample_every > 0 and (step % tc.sample_every == 0 or step == end or out_of_time):
-            videos = to_uint8(generate(ema.model, cfg, tc.sample_count, device=device))
-            for suffix in (".gif", ".mp4"):
-                write_videos(videos, run_dir / "samples" / f"step_{step:06d}{suffix}", fps=cfg.sample.fps, scale=2)
-        if out_of_time:
-            stopped_by = "time limit"
-            break
-    bar.close()
-    log.close()
-    if world > 1:
+    start_time, start_step, stopped_by = time.time(), state.step, "steps"
+    bar = tqdm(total=tc.steps, initial=state.step, desc=f"training {cfg.name}",
+               disable=not (progress and proc.is_main), dynamic_ncols=True)
+    state.network.train()
+    try:
+        while state.step < end:
+            loss, grad_norm = _optimizer_step(cfg, state, proc, batches, text_encoder)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if state.step % tc.log_every == 0 or state.step == end:
+                elapsed = time.time() - start_time
+                log.write({"step": state.step, "loss": loss, "lr": state.optimizer.param_groups[0]["lr"],
+                           "grad_norm": grad_norm, "steps_per_s": (state.step - start_step) / elapsed,
+                           "elapsed_s": elapsed})
+            out_of_time = _out_of_time(cfg, proc, start_time)
+            if state.step % tc.checkpoint_every == 0 or state.step == end or out_of_time:
+                state.saved = _save(cfg, run_dir, state, proc) or state.saved
+            if proc.is_main and tc.sample_every > 0 and (state.step % tc.sample_every == 0 or state.step == end
+                                                         or out_of_time):
+                _write_preview(cfg, run_dir, state, proc.device)
+            if out_of_time:
+                stopped_by = "time limit"
+                break
+    finally:
+        bar.close()
+        log.close()
+    if proc.world > 1:
         dist.barrier()
-    return TrainResult(run_dir, step, saved, stopped_by, model, ema.model)
+    return TrainResult(run_dir, state.step, state.saved, stopped_by, state.network, state.ema.model)

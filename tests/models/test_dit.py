@@ -14,7 +14,7 @@ from kinema.diffusion import CosineSchedule, diffusion_loss
 from kinema.models import DIT_PRESETS, DiT, DiTConfig, UNet3DConfig
 from kinema.models.dit import patchify, unpatchify
 from kinema.models.positions import apply_rope, rope_angles
-from kinema.pipeline import load_model
+from kinema.build import load_model
 
 SMALL = dict(hidden_dim=32, depth=2, heads=2, patch_size=(1, 2, 2))
 LAYOUTS = [(attention, position) for attention in ("interleaved", "full") for position in ("sincos", "rope")]

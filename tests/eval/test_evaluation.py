@@ -7,20 +7,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
-from test_train import micro
+from helpers import micro
 
 from kinema.cli import main
 from kinema.config import DataConfig
+from kinema.eval.evaluation import reference_clips, score
 from kinema.eval.i3d import InceptionI3d
-from kinema.evaluate import reference_clips, score
+from kinema.eval.rows import find_row
 from kinema.train import train
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    path = tmp_path_factory.mktemp("eval") / "run"
-    train(micro("train.steps=2"), path, progress=False)
-    return path
+@pytest.fixture
+def run(micro_run):
+    return micro_run
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +33,22 @@ def i3d_weights(tmp_path_factory):
 def test_eval_writes_json_and_html(run):
     result = CliRunner().invoke(main, ["eval", str(run), "--num", "4", "--steps", "2", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "identity_consistency" in result.output and "FVD not computed" in result.output
-    out = run / "eval" / "step_000002"
+    assert "identity consistency" in result.output and "FVD: not computed" in result.output
+    out = run / "eval" / "step_000003"
     data = json.loads((out / "eval.json").read_text())
-    assert data["num"] == 4 and data["step"] == 2 and data["sampling"]["steps"] == 2
+    assert data["num"] == 4 and data["step"] == 3 and data["sampling"]["steps"] == 2
     assert data["reference"]["split"] == "test" and data["reference"]["num"] == 4
-    oracle = data["metrics"]["oracle"]
-    assert set(oracle["samples"]) == set(oracle["real"]) >= {"recognisability", "identity_consistency",
-                                                             "count_consistency", "motion_plausibility"}
-    assert oracle["real"]["identity_consistency"] == 1.0 and oracle["fd"] >= 0 and oracle["fd_real_vs_real"] >= 0
-    faults = oracle["motion_faults"]  # why motion fails, adding up to what motion plausibility misses
-    assert sum(faults["samples"].values()) == pytest.approx(1 - oracle["samples"]["motion_plausibility"])
-    assert sum(faults["real"].values()) == pytest.approx(1 - oracle["real"]["motion_plausibility"])
-    assert data["metrics"]["fvd"]["value"] is None and "--fvd-weights" in data["metrics"]["fvd"]["note"]
+    rows = data["metrics"]
+    assert {"recognisability", "identity_consistency", "count_consistency", "motion_plausibility"} <= {
+        row["key"] for row in rows}
+    assert all(set(row) == {"key", "name", "samples", "real", "format", "meaning"} for row in rows)
+    fd = find_row(rows, "oracle_fd")
+    assert find_row(rows, "identity_consistency")["real"] == 1.0 and fd["samples"] >= 0 and fd["real"] >= 0
+    faults = [row for row in rows if row["key"].startswith("motion_fault/")]  # adding up to what motion misses
+    motion = find_row(rows, "motion_plausibility")
+    assert sum(row["samples"] for row in faults) == pytest.approx(1 - motion["samples"])
+    assert sum(row["real"] for row in faults) == pytest.approx(1 - motion["real"])
+    assert not any(row["key"] == "fvd" for row in rows) and any("--fvd-weights" in note for note in data["notes"])
     page = (out / "eval.html").read_text()
     assert "motion plausibility" in page and "implausible motion: jump" in page and "samples_strip.png" in page
     for name in ("samples_strip.png", "real_strip.png", "samples.gif", "real.gif"):
@@ -61,21 +63,23 @@ def test_eval_scores_saved_samples_with_fvd(run, i3d_weights, tmp_path):
                                        "--fvd-weights", str(i3d_weights), "--out", str(tmp_path / "ev")])
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    fvd = data["metrics"]["fvd"]
-    assert fvd["name"] == "FVD4" and fvd["frames"] == 4 and np.isfinite(fvd["value"]) and fvd["value"] > 0
+    fvd = find_row(data["metrics"], "fvd")
+    assert fvd["name"] == "FVD4" and data["details"]["fvd"]["frames"] == 4
+    assert np.isfinite(fvd["samples"]) and fvd["samples"] > 0
     assert data["sampling"] == {"samples_file": str(samples)}
-    assert "FVD4 =" in result.output
+    assert "FVD4" in result.output
 
 
 def test_scoring_real_clips_against_themselves():
     data = DataConfig(frames=4, height=16, width=16, digit_size=8)
     real = reference_clips(data, "test", 6)
-    metrics = score(real, real, data, real_baseline=reference_clips(data, "test", 6, offset=6))
-    oracle = metrics["oracle"]
-    assert oracle["samples"] == oracle["real"] and oracle["real"]["identity_consistency"] == 1.0
-    assert oracle["fd"] == pytest.approx(0, abs=1e-5)  # rank-5 covariances: the square root of rounding errors
-    assert oracle["fd_real_vs_real"] > 0.01
-    assert metrics["fvd"]["value"] is None
+    rows, notes, _ = score(real, real, data, real_baseline=reference_clips(data, "test", 6, offset=6))
+    fd = find_row(rows, "oracle_fd")
+    assert all(row.samples == row.real for row in rows if row.key != "oracle_fd")
+    assert find_row(rows, "identity_consistency")["real"] == 1.0
+    assert fd["samples"] == pytest.approx(0, abs=1e-5)  # rank-5 covariances: the square root of rounding errors
+    assert fd["real"] > 0.01
+    assert any(note.startswith("FVD") for note in notes)
 
 
 def test_eval_errors_are_one_clear_line(run, tmp_path):
@@ -99,7 +103,7 @@ def test_eval_label_chooses_the_class_and_is_checked(run, tmp_path):
     result = runner.invoke(main, ["eval", str(run), "--num", "2", "--steps", "1", "--label", "3", "--quiet"])
     assert result.exit_code == 1 and "label" in result.output  # an unconditional model takes no labels
     result = runner.invoke(main, ["eval", str(run), "--num", "2", "--label", "3", "--samples", str(tmp_path / "x.npz")])
-    assert result.exit_code == 1 and "does not apply to --samples" in result.output
+    assert result.exit_code == 1 and "do not apply to --samples" in result.output
     cond = tmp_path / "cond"
     train(micro("train.steps=2", "train.class_conditional=true"), cond, progress=False)
     for label in (3, 10):  # 10 = the null class: unconditional samples of a class-conditional model
@@ -133,11 +137,14 @@ def test_gamma_overrides_the_ancestral_noise_and_is_recorded(run, tmp_path):
     assert result.exit_code == 0, result.output
     sampling = json.loads((out / "eval.json").read_text())["sampling"]
     assert sampling["sampler"] == "ancestral" and sampling["gamma"] == 0.3 and "eta" not in sampling
+    result = runner.invoke(main, ["sample", str(run), "--num", "1", "--sampler", "ancestral", "--eta", "0.5"])
+    assert result.exit_code == 1 and "does not apply to the ancestral sampler" in result.output
 
 
 def test_langevin_corrector_is_a_sample_setting_an_option_and_recorded(run, tmp_path):
     from kinema.config import ConfigError, apply_overrides, load_config
-    from kinema.pipeline import run_sampler
+    from kinema.config import with_sample
+    from kinema.sample import run_sampler
 
     cfg = load_config(run / "config.toml")
     with pytest.raises(ConfigError, match="sample.langevin_steps"):
@@ -154,7 +161,7 @@ def test_langevin_corrector_is_a_sample_setting_an_option_and_recorded(run, tmp_
     for setting, override, expected in ((2, None, 4 + 3 * 2), (2, 0, 4), (0, 1, 4 + 3)):  # no corrector after t = 0
         calls.clear()
         pc = apply_overrides(cfg, ["sample.sampler=ancestral", "sample.steps=4", f"sample.langevin_steps={setting}"])
-        run_sampler(den, noise, pc, langevin_steps=override, generator=torch.Generator().manual_seed(1))
+        run_sampler(den, noise, with_sample(pc, langevin_steps=override), generator=torch.Generator().manual_seed(1))
         assert len(calls) == expected, (setting, override)
 
     runner = CliRunner()
@@ -173,7 +180,7 @@ def test_langevin_corrector_is_a_sample_setting_an_option_and_recorded(run, tmp_
     assert result.exit_code == 2 and "--langevin" in result.output
     result = runner.invoke(main, ["eval", str(run), "--num", "2", "--langevin", "1",
                                   "--samples", str(tmp_path / "x.npz")])
-    assert result.exit_code == 1 and "--langevin" in result.output and "does not apply to --samples" in result.output
+    assert result.exit_code == 1 and "langevin" in result.output and "do not apply to --samples" in result.output
     out = tmp_path / "ev"
     corrected = {"langevin_steps": 1, "langevin_delta": 0.1}
     for args, recorded in (((), {"langevin_steps": 0}), (("--langevin", "1"), corrected)):
@@ -182,3 +189,32 @@ def test_langevin_corrector_is_a_sample_setting_an_option_and_recorded(run, tmp_
         assert result.exit_code == 0, result.output
         sampling = json.loads((out / "eval.json").read_text())["sampling"]
         assert {k: v for k, v in sampling.items() if k.startswith("langevin")} == recorded
+
+
+def test_eval_json_records_the_settings_the_sampler_received(run, tmp_path, monkeypatch):
+    """The sampling record is what reached the solver, for the run's settings and for overrides, sample and eval."""
+    from kinema.diffusion import samplers
+
+    received = []
+    for name, row in list(samplers.SAMPLERS.items()):
+        def spy(*args, _solve=row.solve, **kwargs):
+            received.append({k: v for k, v in kwargs.items() if k not in ("generator", "progress", "noise_sampler")})
+            return _solve(*args, **kwargs)
+        monkeypatch.setitem(samplers.SAMPLERS, name, row._replace(solve=spy))
+    runner = CliRunner()
+    cases = [[], ["--sampler", "ancestral", "--gamma", "0.4", "--langevin", "1"], ["--eta", "0.5", "--steps", "2"]]
+    for i, args in enumerate(cases):
+        received.clear()
+        out = tmp_path / f"e{i}"
+        result = runner.invoke(main, ["eval", str(run), "--num", "2", "--quiet", "--out", str(out), *args])
+        assert result.exit_code == 0, result.output
+        sampling = json.loads((out / "eval.json").read_text())["sampling"]
+        assert len(received) == 1 and received[0] == {k: sampling[k] for k in received[0]}
+        assert set(received[0]) == set(sampling) - {"sampler", "guidance", "seed", "precision", "labels", "device",
+                                                    "seconds", "seconds_per_video", "weights"}
+    assert received[0] == {"steps": 2, "eta": 0.5, "langevin_steps": 0}
+    received.clear()
+    result = runner.invoke(main, ["sample", str(run), "--num", "1", "--steps", "2", "--sampler", "ancestral",
+                                  "--gamma", "0.2", "--out", str(tmp_path / "s.npz")])
+    assert result.exit_code == 0, result.output
+    assert received == [{"steps": 2, "gamma": 0.2, "langevin_steps": 0}]

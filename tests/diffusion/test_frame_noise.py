@@ -4,12 +4,12 @@ noise of every sampler and every fresh draw inside the samplers all use the conf
 import pytest
 import torch
 
-import kinema.pipeline as pipeline
 import kinema.train.trainer as trainer
 from kinema.config import ConfigError, RunConfig, apply_overrides
 from kinema.diffusion import CosineSchedule, FrameNoise, sample_ancestral, sample_ddim
-from kinema.pipeline import build_model, generate
-from kinema.tasks import predict
+from kinema.build import build_model
+from kinema.diffusion.samplers import SAMPLERS
+from kinema.sample import generate, predict
 from kinema.train import train
 
 
@@ -116,10 +116,10 @@ def test_generation_and_prediction_start_from_the_configured_prior(monkeypatch):
     cfg = apply_overrides(RunConfig(name="micro"), MICRO)
     model = build_model(cfg)
     record = []
-    monkeypatch.setattr(pipeline, "sample_ddim", _recording_sampler(record))
-    generate(model, cfg, 400, steps=3, batch_size=400)
+    monkeypatch.setitem(SAMPLERS, "ddim", SAMPLERS["ddim"]._replace(solve=_recording_sampler(record)))
+    generate(model, cfg, 400, batch_size=400)
     context = torch.zeros(400, 1, 2, 16, 16)
-    predict(model, cfg, context, 2, overlap=2, steps=3)
+    predict(model, cfg, context, 2, overlap=2)
     assert len(record) == 2
     for initial, fresh in record:
         for noise in (initial, fresh):

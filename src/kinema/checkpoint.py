@@ -1,0 +1,206 @@
+"""The checkpoint folder that training, sampling, evaluation and shipped models all read (spec: design.md).
+
+    step_000500/
+      config.toml         the full RunConfig: enough to rebuild and sample
+      model.safetensors   training weights
+      ema.safetensors     EMA weights (used for sampling)
+      optimizer.pt        optimizer (+ grad scaler) state, loaded with weights_only=True
+      state.json          step, batches consumed, RNG states
+
+Each checkpoint is written to a temporary folder next to its final name and renamed into place, so
+a run killed at any moment leaves either the complete checkpoint or none.
+
+A name resolves to a shipped model (package data in `kinema/pretrained/NAME/`: config.toml, fp16 EMA weights,
+state.json; written by `export_weights`) only when no file or folder of that name exists, so a run called
+`moving-digits` in the working directory still wins.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import RunConfig, apply_overrides, load_config, save_config
+
+__all__ = ["save_checkpoint", "latest_checkpoint", "list_checkpoints", "load_state", "load_optimizer_state",
+           "load_weights", "read_step", "resolve_checkpoint", "rng_state_to_json", "rng_state_from_json", "PRETRAINED",
+           "PRETRAINED_DIR", "pretrained_dir", "is_pretrained", "export_weights"]
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+# name -> what it is (shown by `kinema presets`)
+PRETRAINED = {
+    "moving-digits": "tiny16 U-Net, 8 frames of 16×16 Moving Digits (one digit), classes 0-9 (--label), CFG w=1, "
+                     "ancestral 50 steps + Langevin corrector",
+}
+
+_PATTERN = re.compile(r"^step_(\d{6,})$")
+
+
+def _state_dict(model: nn.Module) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+def rng_state_to_json(state: torch.Tensor) -> str:
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode()
+
+
+def rng_state_from_json(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+def save_checkpoint(folder: Path, cfg: RunConfig, model: nn.Module, ema: nn.Module, optimizer_state: dict,
+                    state: dict, keep: int) -> Path:
+    """Write checkpoint `folder/step_XXXXXX` atomically and keep only the newest `keep`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step_{state['step']:06d}"
+    tmp = folder / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_config(cfg, tmp / "config.toml")
+    save_file(_state_dict(model), str(tmp / "model.safetensors"))
+    save_file(_state_dict(ema), str(tmp / "ema.safetensors"))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    for f in tmp.iterdir():  # make the data durable before the rename publishes it
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints in `folder`, oldest first (temporary folders are ignored)."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: Path) -> Optional[Path]:
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder, a run folder (its newest checkpoint), or the name of a shipped model
+    (`kinema.pretrained`, used only when no such path exists). Errors name the path."""
+    path = Path(path)
+    if (path / "config.toml").is_file() and any((path / f"{w}.safetensors").is_file() for w in ("model", "ema")):
+        return path
+    newest = latest_checkpoint(path / "checkpoints")
+    if newest is not None:
+        return newest
+    if not path.exists():
+        if str(path) in PRETRAINED:
+            return pretrained_dir(str(path))
+        raise FileNotFoundError(f"{path}: no such run or checkpoint folder, nor a shipped model "
+                                f"(shipped: {', '.join(PRETRAINED)})")
+    raise FileNotFoundError(f"{path}: neither a checkpoint folder (config.toml + model.safetensors) nor a run folder with checkpoints/")
+
+
+def load_state(checkpoint: Path, model: Optional[nn.Module] = None, ema: Optional[nn.Module] = None,
+               device: str | torch.device = "cpu") -> tuple[RunConfig, dict]:
+    """Load config and state.json, and the weights into the given modules. Never unpickles arbitrary objects."""
+    cfg = load_config(checkpoint / "config.toml")
+    state = json.loads((checkpoint / "state.json").read_text()) if (checkpoint / "state.json").is_file() else {}
+    if model is not None:
+        model.load_state_dict(load_file(str(checkpoint / "model.safetensors"), device=str(device)))
+    if ema is not None:
+        ema.load_state_dict(load_file(str(checkpoint / "ema.safetensors"), device=str(device)))
+    return cfg, state
+
+
+def load_optimizer_state(checkpoint: Path, device: str | torch.device = "cpu") -> dict:
+    return torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True)
+
+
+def load_weights(checkpoint: Path, weights: str = "ema", device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The `weights` ("ema" or "model") state dict of a resolved checkpoint folder; errors name the file."""
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model'; got {weights!r}")
+    file = checkpoint / f"{weights}.safetensors"
+    if not file.is_file():
+        other = "model" if weights == "ema" else "ema"
+        raise FileNotFoundError(f"{checkpoint}: holds no {weights} weights ({file.name}); use --weights {other}")
+    return load_file(str(file), device=str(device))
+
+
+def read_step(checkpoint: Path) -> Optional[int]:
+    """The training step recorded in a checkpoint's state.json (None without one)."""
+    state_file = checkpoint / "state.json"
+    return json.loads(state_file.read_text()).get("step") if state_file.is_file() else None
+
+
+def pretrained_dir(name: str) -> Path:
+    """The folder of a shipped model; a KeyError lists the names."""
+    if name not in PRETRAINED:
+        raise KeyError(f"no shipped model {name!r}; shipped: {', '.join(PRETRAINED)}")
+    path = PRETRAINED_DIR / name
+    if not (path / "config.toml").is_file():
+        raise FileNotFoundError(f"{path}: the shipped model {name!r} is missing from this installation")
+    return path
+
+
+def is_pretrained(checkpoint: Path) -> bool:
+    """Whether a resolved checkpoint folder is a shipped model inside the installed package (never write there)."""
+    return checkpoint.resolve().parent == PRETRAINED_DIR
+
+
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp16",
+                   command: Optional[str] = None, sample_overrides: Sequence[str] = ()) -> Path:
+    """Write an inference-only copy of a checkpoint (config.toml, EMA weights in `dtype`, state.json).
+
+    `sample_overrides` ("sample.sampler=ancestral", ...) change the copy's default sampling settings — only
+    `sample.*`: the weights fix everything else. The folder is written under a temporary name and renamed,
+    so a failed export leaves nothing behind.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}")
+    for item in sample_overrides:
+        if not item.startswith("sample."):
+            raise ValueError(f"export changes sampling settings only (sample.*=...); got {item!r}")
+    source = resolve_checkpoint(checkpoint)
+    if not (source / "ema.safetensors").is_file():
+        raise FileNotFoundError(f"{source}: has no ema.safetensors to export")
+    cfg = apply_overrides(load_config(source / "config.toml"), list(sample_overrides))  # bad values fail here
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists and is not empty; choose another --out or remove it")
+    weights = {k: (v.to(_DTYPES[dtype]) if v.is_floating_point() else v).contiguous()
+               for k, v in load_file(str(source / "ema.safetensors")).items()}
+    step = read_step(source)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_config(cfg, tmp / "config.toml")
+    save_file(weights, str(tmp / "ema.safetensors"))
+    (tmp / "ema.safetensors").chmod(0o644)  # safetensors writes it owner-only; a package must be readable by all
+    info = {"step": step, "source": str(source), "weights": f"ema, {dtype}"}
+    if sample_overrides:
+        info["sample_overrides"] = list(sample_overrides)
+    if command:
+        info["command"] = command
+    (tmp / "state.json").write_text(json.dumps(info, indent=1) + "\n")
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    return out
