@@ -167,6 +167,13 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
 
     schedule, prior = build_schedule(cfg.diffusion), build_noise(cfg.diffusion)
     dataset = build_dataset(cfg.data, "train", progress=progress and is_main)
+    needed = [f for f, used in (("label", model.null_class is not None), ("caption", tc.text_conditional)) if used]
+    missing = [f for f in needed if f not in dataset[0]]
+    if missing:
+        joint = (" (joint image+video training, data.images_per_video > 0, drops them: the label or caption of a clip "
+                 "does not describe the images appended to it)" if cfg.data.images_per_video > 0 else "")
+        raise ValueError(f"a conditional model needs each item's {missing}, which the training data does not "
+                         f"provide{joint}")
     if is_main and hasattr(dataset, "summary"):
         tqdm.write(dataset.summary())
     sampler = ResumableBatchSampler(len(dataset), micro, world_size=world, rank=rank, seed=cfg.data.seed,
