@@ -52,7 +52,7 @@ class DiffusionConfig:
     shift_resolution: float = 0.0  # shifted-cosine: working resolution d; shift 2 log(reference/d)
     reference_resolution: float = 64.0
     prediction: str = "v"  # v | eps | x | both
-    weighting: str = "v-mse"  # v-mse | eps-mse | x-mse | snr-trunc | min-snr
+    weighting: str = "auto"  # auto (natural_weighting: eps -> eps-mse, ...) | v-mse | eps-mse | x-mse | snr-trunc | min-snr
     frame_noise_correlation: float = 0.0  # ρ: ε shares a component √ρ across a video's frames (FrameNoise)
 
     def __post_init__(self) -> None:
@@ -60,7 +60,7 @@ class DiffusionConfig:
             raise ConfigError(f"diffusion.frame_noise_correlation must lie in [0, 1); got {self.frame_noise_correlation}")
         _choice("diffusion.schedule", self.schedule, ("cosine", "shifted-cosine", "ddpm-linear"))
         _choice("diffusion.prediction", self.prediction, ("v", "eps", "x", "both"))
-        _choice("diffusion.weighting", self.weighting, ("v-mse", "eps-mse", "x-mse", "snr-trunc", "min-snr"))
+        _choice("diffusion.weighting", self.weighting, ("auto", "v-mse", "eps-mse", "x-mse", "snr-trunc", "min-snr"))
 
 
 @dataclass

@@ -140,6 +140,23 @@ def test_image_folder_and_joint_training(tmp_path):
     assert torch.equal(item["video"][:, :4], MovingDigits(frames=4, size=16, digit_size=8)[3]["video"])
 
 
+def test_joint_items_drop_the_clips_label_and_caption_which_do_not_describe_the_images(tmp_path):
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        iio.imwrite(tmp_path / f"img{i}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    images = ImageFolder(tmp_path, height=16, width=16, channels=1, progress=False)
+    clips = MovingDigits(frames=4, size=16, digit_size=8)
+    assert {"label", "caption"} <= set(clips[1])
+    item = JointImageVideo(clips, images, images_per_video=2)[1]
+    # a network conditions every frame of an item on its label/caption, and the appended images are
+    # unrelated to the clip: the joint item must not claim them
+    assert "label" not in item and "caption" not in item
+    for key in set(clips[1]) - {"label", "caption", "video"}:  # the clip's other fields are kept
+        assert torch.equal(torch.as_tensor(item[key]), torch.as_tensor(clips[1][key])), key
+
+
 # ---------------------------------------------------------------- batch sampler
 
 def test_batch_sampler_splits_global_batches_across_ranks_and_resumes():

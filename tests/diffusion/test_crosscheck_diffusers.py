@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kinema.diffusion.parameterization import broadcast_like, x_from_v
-from kinema.diffusion.samplers import sample_ancestral, sample_ddim
+from kinema.diffusion.samplers import sample_ancestral, sample_ddim, time_grid
 from kinema.diffusion.schedules import DDPMLinearSchedule
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is a test-only extra: pip install -e '.[test]'")
@@ -64,6 +64,17 @@ def test_ddpm_step_matches_diffusers(timestep):
     ours = sample_ancestral(_v_denoiser(schedule, v), z, schedule, times=_times(schedule, timestep), gamma=0.0,
                             generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_trailing_grid_matches_diffusers_trailing_timesteps_for_every_step_count():
+    # diffusers' timestep i is kinema's t = (i + 1)/T; diffusers' own np.arange can append one extra
+    # timestep (-1) by rounding (e.g. 61 steps), so only its first `steps` timesteps are compared
+    ref = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing="trailing")
+    for steps in range(1, T + 1):
+        ref.set_timesteps(steps)
+        ours = time_grid(steps, "trailing", num_train_timesteps=T)
+        expected = ref.timesteps[:steps].to(torch.float64) + 1
+        assert torch.equal(torch.round(ours[:-1] * T), expected), steps
 
 
 def test_schedule_alphas_match_diffusers():

@@ -71,6 +71,50 @@ def test_loss_passes_cond_and_checks_shapes():
         diffusion_loss(lambda z, level: z, schedule, x, noise=torch.zeros(2, 3, 1, 4, 5))
 
 
+def test_eps_prediction_with_the_default_weighting_trains_with_eps_mse():
+    from kinema.config import config_from_dict
+
+    cfg = config_from_dict({"diffusion": {"prediction": "eps"}})
+    assert cfg.diffusion.weighting == "auto"
+    schedule = CosineSchedule()
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(3, 1, 2, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    t = torch.tensor([1.0 - 1e-6, 0.5, 0.1], dtype=torch.float64)
+    zero = lambda z, level: torch.zeros_like(z)  # noqa: E731
+    loss = diffusion_loss(zero, schedule, x, prediction=cfg.diffusion.prediction, weighting=cfg.diffusion.weighting,
+                          t=t, noise=noise)
+    # ε-MSE on an ε output: the plain mean square of ε, finite at t near 1
+    torch.testing.assert_close(loss, noise.pow(2).flatten(1).mean(1), rtol=1e-12, atol=0)
+    explicit = diffusion_loss(zero, schedule, x, prediction="eps", weighting="eps-mse", t=t, noise=noise)
+    assert torch.equal(loss, explicit)
+    # a weighting the user sets is kept
+    kept = config_from_dict({"diffusion": {"prediction": "eps", "weighting": "v-mse"}})
+    assert kept.diffusion.weighting == "v-mse"
+
+
+def test_v_prediction_with_auto_weighting_is_v_mse_exactly():
+    schedule = CosineSchedule()
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(4, 2, 2, 4, 4, generator=g) * 2 - 1
+    noise = torch.randn(x.shape, generator=g)
+    t = torch.tensor([0.999, 0.6, 0.3, 0.001])
+    net = lambda z, level: 0.5 * z  # noqa: E731
+    auto = diffusion_loss(net, schedule, x, prediction="v", weighting="auto", t=t, noise=noise)
+    assert torch.equal(auto, diffusion_loss(net, schedule, x, prediction="v", weighting="v-mse", t=t, noise=noise))
+    assert torch.equal(auto, diffusion_loss(net, schedule, x, t=t, noise=noise))  # the function's default
+
+
+def test_a_toml_config_without_a_weighting_field_gets_auto(tmp_path):
+    from kinema.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('[diffusion]\nprediction = "eps"\n')
+    assert load_config(path).diffusion.weighting == "auto"
+    path.write_text('[diffusion]\nprediction = "eps"\nweighting = "min-snr"\n')
+    assert load_config(path).diffusion.weighting == "min-snr"
+
+
 def test_stratified_times_cover_every_bin_once():
     t = sample_times(16, generator=torch.Generator().manual_seed(3))
     bins = torch.floor(t.double() * 16).long().sort().values

@@ -84,6 +84,25 @@ def test_matching_pairs_have_unit_weight_at_extremes():
     torch.testing.assert_close(P.loss_weight("eps", "eps-mse", lam), torch.ones(3, dtype=torch.float64))
 
 
+def test_auto_weighting_is_the_parameterizations_natural_weighting():
+    lam = CosineSchedule().logsnr(torch.tensor([1.0 - 1e-6, 0.999, 0.5, 0.01], dtype=torch.float64))
+    # ε-prediction with "auto" is ε-MSE: a unit factor on the native error, finite even at t near 1
+    # (v-MSE on an ε output would weigh the noisiest examples by (1 + SNR)/SNR, about 5e8 at t = 1)
+    eps_auto = P.loss_weight("eps", "auto", lam)
+    assert bool(torch.isfinite(eps_auto).all())
+    torch.testing.assert_close(eps_auto, P.loss_weight("eps", "eps-mse", lam), rtol=0, atol=0)
+    assert P.loss_weight("eps", "v-mse", lam)[0].item() > 1e8  # what the old default gave
+    # v-prediction with "auto" is v-MSE exactly, so existing v runs train the same
+    assert torch.equal(P.loss_weight("v", "auto", lam), P.loss_weight("v", "v-mse", lam))
+    for prediction in P.PREDICTIONS:
+        natural = P.natural_weighting(prediction)
+        assert natural in P.WEIGHTINGS and natural != "auto"
+        assert torch.equal(P.loss_weight(prediction, "auto", lam), P.loss_weight(prediction, natural, lam))
+    assert [P.natural_weighting(p) for p in ("v", "eps", "x", "both")] == ["v-mse", "eps-mse", "x-mse", "v-mse"]
+    with pytest.raises(ValueError, match="prediction"):
+        P.natural_weighting("score")
+
+
 def test_noise_level_is_normalised_angle():
     lam = torch.linspace(-20, 20, 41, dtype=torch.float64)
     level = P.noise_level(lam)

@@ -266,3 +266,63 @@ def test_bad_known_frames_are_rejected():
         ReconstructionGuidance(den, SCHEDULE, torch.zeros(1, 1, 1, 8, 8), [0], -1.0)
     with pytest.raises(ValueError, match="frames must match"):
         SuperResolutionGuidance(den, SCHEDULE, torch.zeros(1, 1, 3, 4, 4), 1.0)(z, t)
+
+
+class _DeviceFreeSchedule:
+    """α_t = cos(πt/2), σ_t = sin(πt/2) without the schedule's value checks (which read tensors back),
+    so the wrappers can run on the "meta" device: a stand-in, on CPU, for z on an accelerator."""
+
+    def alpha_sigma(self, t):
+        return torch.cos(0.5 * torch.pi * t), torch.sin(0.5 * torch.pi * t)
+
+
+def test_guidance_wrappers_move_known_frames_and_low_res_video_to_zs_device():
+    schedule = _DeviceFreeSchedule()
+    z, t = torch.randn(2, 1, 4, 4, 4, device="meta"), torch.full((2,), 0.5, device="meta")
+    known, low = torch.rand(2, 1, 2, 4, 4), torch.rand(2, 1, 4, 2, 2)  # given on the CPU
+    seen = []
+
+    def denoise(zz, tt):
+        seen.append(zz.device)
+        return 0.5 * zz
+
+    wrappers = {
+        "replacement": Replacement(denoise, schedule, known, [0, 2]),
+        "reconstruction": ReconstructionGuidance(denoise, schedule, known, [0, 2], 2.0),
+        "super-resolution": SuperResolutionGuidance(denoise, schedule, low, 2.0),
+        "super-resolution over replacement": SuperResolutionGuidance(Replacement(denoise, schedule, known, [0, 2]),
+                                                                     schedule, low, 2.0),
+    }
+    for name, wrapper in wrappers.items():
+        seen.clear()
+        out = wrapper(z, t)
+        assert out.device == z.device and out.shape == z.shape and out.dtype == z.dtype, name
+        assert seen and all(d == z.device for d in seen), name
+
+
+def test_guidance_wrappers_cast_known_frames_of_another_dtype_to_zs_dtype():
+    denoiser = Conditioned(Denoiser(_network(seed=6), SCHEDULE, "v"))
+    z, t = torch.randn(2, 1, 4, 8, 8), torch.full((2,), 0.6)
+    known, low = torch.rand(2, 1, 2, 8, 8) * 2 - 1, torch.rand(2, 1, 4, 4, 4) * 2 - 1
+    for make, given in ((lambda k: ReconstructionGuidance(denoiser, SCHEDULE, k, [1, 3], 3.0,
+                                                          generator=torch.Generator().manual_seed(1)), known),
+                        (lambda k: SuperResolutionGuidance(denoiser, SCHEDULE, k, 3.0), low)):
+        out = make(given.double())(z, t)  # float64 data with a float32 z
+        assert out.dtype == z.dtype
+        torch.testing.assert_close(out, make(given)(z, t), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_reconstruction_guidance_runs_on_cuda_with_known_frames_on_the_cpu():
+    denoiser = Conditioned(Denoiser(_network(seed=7).cuda(), SCHEDULE, "v"))
+    z, t = torch.randn(2, 1, 4, 8, 8, device="cuda"), torch.full((2,), 0.6, device="cuda")
+    known = torch.rand(2, 1, 2, 8, 8) * 2 - 1
+
+    def guided(k):
+        return ReconstructionGuidance(denoiser, SCHEDULE, k, [0, 2], 3.0,
+                                      generator=torch.Generator("cuda").manual_seed(2))(z, t)
+
+    out = guided(known)
+    assert out.device == z.device
+    torch.testing.assert_close(out, guided(known.cuda()))
+    torch.testing.assert_close(out[:, :, [0, 2]].cpu(), known)

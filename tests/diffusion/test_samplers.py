@@ -177,6 +177,17 @@ def test_time_grids():
         time_grid(4, "logsnr")
 
 
+def test_trailing_grid_has_steps_plus_one_strictly_decreasing_times():
+    # torch.arange(T, 0, -T/steps) with a float step can overshoot by one element (steps = 61 gave 63 times
+    # with a repeated 0); every step count the training grid allows must give exactly steps + 1 times
+    for steps in range(1, 1001):
+        t = time_grid(steps, "trailing", num_train_timesteps=1000)
+        assert t.shape == (steps + 1,), steps
+        assert bool((t[1:] < t[:-1]).all()), steps
+        assert t[0].item() == 1.0 and t[-1].item() == 0.0, steps
+        assert bool((t[:-1] >= 1 / 1000).all()), steps  # only the last time is 0
+
+
 def test_explicit_times_are_validated():
     noise = torch.zeros(1, 1, 1, 2, 2)
     with pytest.raises(ValueError, match="decreasing"):

@@ -99,6 +99,26 @@ def test_joint_training_mask_isolates_image_frames_exactly(attention, position):
                 assert torch.all(torch.cat([g[b, :i], g[b, i + 1:]]) == 0)
 
 
+@pytest.mark.parametrize("attention,position", LAYOUTS)
+def test_an_image_frames_output_does_not_depend_on_the_slot_it_occupies(attention, position):
+    model = _model(seed=1, attention=attention, position=position)
+    frame_mask = torch.tensor([[True] * 5 + [False] * 3, [True] * 3 + [False] * 5])
+    z, level = torch.randn(2, 3, 8, 8, 8, generator=torch.Generator().manual_seed(2)), torch.rand(2)
+    swapped = z[:, :, [0, 1, 2, 3, 4, 6, 5, 7]]  # the images at slots 5 and 6 trade places
+    with torch.no_grad():
+        out = model(z, level, frame_mask=frame_mask)
+        out_swapped = model(swapped, level, frame_mask=frame_mask)
+        # each image is denoised as a one-frame clip, wherever it sits
+        alone = model(z[:, :, 5:7].transpose(1, 2).reshape(4, 3, 1, 8, 8), level.repeat_interleave(2))
+        clips = model(z[:1, :, :5], level[:1])  # the first example's clip without its images
+    torch.testing.assert_close(out_swapped[:, :, 6], out[:, :, 5], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out_swapped[:, :, 5], out[:, :, 6], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out_swapped, out[:, :, [0, 1, 2, 3, 4, 6, 5, 7]], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:, :, 5:7].transpose(1, 2).reshape(4, 3, 1, 8, 8), alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:1, :, :5], clips, atol=1e-5, rtol=0)  # video frames: as without images
+    assert out[:, :, 5:7].abs().max() > 1e-2  # not vacuous: the images' outputs are not zero
+
+
 def test_all_true_frame_mask_equals_no_mask_and_tubelets_refuse_images():
     for attention in ("interleaved", "full"):
         model = _model(attention=attention)

@@ -204,6 +204,18 @@ def test_config_errors_name_the_field(tmp_path):
         apply_overrides(RunConfig(), ["data.frames=0"])
 
 
+def test_conditional_training_with_joint_images_is_refused_naming_the_missing_field(tmp_path):
+    import imageio.v3 as iio
+
+    for i in range(2):
+        iio.imwrite(tmp_path / f"img{i}.png", np.full((16, 16), 40 * i, dtype=np.uint8))
+    joint = ("data.images_per_video=2", f"data.images_path={tmp_path}", "train.steps=1")
+    with pytest.raises(ValueError, match=r"'label'.*data\.images_per_video"):
+        train(micro(*joint, "train.class_conditional=true"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    train(micro(*joint), tmp_path / "unconditional", progress=False)  # an unconditional run uses no labels
+
+
 def test_config_file_round_trip(tmp_path):
     cfg = micro("diffusion.prediction=eps", "train.betas=[0.9, 0.95]")
     save_config(cfg, tmp_path / "c.toml")

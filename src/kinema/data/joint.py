@@ -14,7 +14,16 @@ class JointImageVideo(Dataset):
 
     `images` is any dataset of 1-frame clips (an ImageFolder, or frames of other videos); which K
     images join clip i is a deterministic function of (seed, i, salt).
+
+    The clip's "label" and "caption" are dropped (`CONDITIONING_FIELDS`): the networks apply an
+    item's label or caption to the whole item, image frames included, and the appended images are
+    unrelated to the clip, so keeping them would train the images on a wrong class or caption. A
+    class- or text-conditional run therefore cannot use joint images (the trainer refuses it, naming
+    the missing field); train unconditionally, or without images. The clip's other fields are kept
+    and describe its F clip frames only.
     """
+
+    CONDITIONING_FIELDS = ("label", "caption")
 
     def __init__(self, videos: Dataset, images: Dataset, images_per_video: int, seed: int = 0):
         if images_per_video < 1:
@@ -31,7 +40,7 @@ class JointImageVideo(Dataset):
 
     def __getitem__(self, key) -> dict:
         index, salt = key if isinstance(key, tuple) else (key, 0)
-        item = dict(self.videos[key])
+        item = {k: v for k, v in self.videos[key].items() if k not in self.CONDITIONING_FIELDS}
         picks = np.random.default_rng([self.seed, index, salt, 2]).integers(0, len(self.images), size=self.k)
         extra = [self.images[(int(p), salt)]["video"] for p in picks]
         frames = item["video"].shape[1]

@@ -208,7 +208,7 @@ class ReconstructionGuidance(Replacement):
         z_in = self.replace(z, t).detach().requires_grad_(True)
         with torch.enable_grad():
             x_hat = self.denoise(z_in, t)
-            error = (self.known.to(x_hat.dtype) - x_hat[:, :, self.positions]).square().sum()
+            error = (self.known.to(x_hat) - x_hat[:, :, self.positions]).square().sum()  # x^a on x̂'s device and dtype
             (grad,) = torch.autograd.grad(error, z_in)
         alpha, _ = self.schedule.alpha_sigma(t)
         step = (0.5 * self.weight) * broadcast_like(alpha, z).to(z.dtype) * grad
@@ -252,7 +252,8 @@ class SuperResolutionGuidance:
         z_in = z.detach().requires_grad_(True)
         with torch.enable_grad():
             x_hat = self.denoise(z_in, t)
-            error = (self.low_res.to(x_hat.dtype) - self.downsample(x_hat, self.low_res.shape[-2:])).square().sum()
+            low_res = self.low_res.to(x_hat)  # on x̂'s device and dtype, wherever the video was given
+            error = (low_res - self.downsample(x_hat, low_res.shape[-2:])).square().sum()
             (grad,) = torch.autograd.grad(error, z_in)
         alpha, _ = self.schedule.alpha_sigma(t)
         return x_hat.detach() - (0.5 * self.weight) * broadcast_like(alpha, z).to(z.dtype) * grad

@@ -47,7 +47,7 @@ def diffusion_loss(
     x: Tensor,
     *,
     prediction: Prediction = "v",
-    weighting: Weighting = "v-mse",
+    weighting: Weighting = "auto",
     cond: Optional[Mapping[str, Any]] = None,
     t: Optional[Tensor] = None,
     noise: Optional[Tensor] = None,
@@ -59,7 +59,8 @@ def diffusion_loss(
 
     `network(z, noise_level, **cond)` returns the prediction in the given parameterization. The error
     is measured in that native space and rescaled to the requested weighting on x (see
-    `loss_weight`), which is exact and numerically stable at both ends of the schedule. ε is
+    `loss_weight`), which is exact and numerically stable at both ends of the schedule; weighting
+    "auto" (the default) is the parameterization's own, `natural_weighting(prediction)`. ε is
     `noise` if given, else `noise_sampler(x, generator)` (the samplers' contract, e.g. `FrameNoise.like`
     for noise correlated across frames), else standard normal.
     """

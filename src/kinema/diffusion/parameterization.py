@@ -30,6 +30,7 @@ __all__ = [
     "v_from_eps",
     "x_from_both",
     "x_from_output",
+    "natural_weighting",
     "loss_weight",
     "noise_level",
     "broadcast_like",
@@ -37,9 +38,9 @@ __all__ = [
 ]
 
 Prediction = Literal["eps", "x", "v", "both"]
-Weighting = Literal["v-mse", "eps-mse", "x-mse", "snr-trunc", "min-snr"]
+Weighting = Literal["auto", "v-mse", "eps-mse", "x-mse", "snr-trunc", "min-snr"]
 PREDICTIONS = ("eps", "x", "v", "both")
-WEIGHTINGS = ("v-mse", "eps-mse", "x-mse", "snr-trunc", "min-snr")
+WEIGHTINGS = ("auto", "v-mse", "eps-mse", "x-mse", "snr-trunc", "min-snr")  # "auto": natural_weighting(prediction)
 
 
 def broadcast_like(coef: Tensor, like: Tensor) -> Tensor:
@@ -108,6 +109,23 @@ def output_channels(prediction: Prediction, channels: int) -> int:
     return 2 * channels if prediction == "both" else channels
 
 
+def natural_weighting(prediction: Prediction) -> Weighting:
+    """The weighting "auto" stands for: the one that is plain MSE on the network's own output.
+
+    v -> v-MSE, ε -> ε-MSE, x -> x-MSE (each a unit factor on the native error), and "both" -> v-MSE:
+    "both" is measured on x̂ = σ² x̃ + α(z - σ ε̃), whose error is ≈ the x̃ error when noisy and ≈ σ·(ε̃
+    error) when clean, so the 1 + SNR = 1/σ² of v-MSE keeps both heads' weights near 1 at either end.
+    Pairing ε-prediction with v-MSE instead would weigh the noisiest examples by (1 + SNR)/SNR → ∞.
+    """
+    if prediction in ("v", "both"):
+        return "v-mse"
+    if prediction == "eps":
+        return "eps-mse"
+    if prediction == "x":
+        return "x-mse"
+    raise ValueError(f"prediction must be one of {PREDICTIONS}; got {prediction!r}")
+
+
 def _log_weight_on_x(weighting: Weighting, logsnr: Tensor, min_snr_gamma: float) -> Tensor:
     """log w(λ) of the loss w(λ)·||x̂ - x||² (spec A6)."""
     if weighting == "v-mse":
@@ -139,8 +157,10 @@ def loss_weight(prediction: Prediction, weighting: Weighting, logsnr: Tensor, mi
 
     The loss is computed in the network's native space and rescaled, because forming x̂ - x first
     cancels catastrophically at high SNR. For the matching pairs (v with v-MSE, ε with ε-MSE) the
-    factor is exactly 1.
+    factor is exactly 1. weighting "auto" is `natural_weighting(prediction)`.
     """
+    if weighting == "auto":
+        weighting = natural_weighting(prediction)
     return torch.exp(_log_weight_on_x(weighting, logsnr, min_snr_gamma) + _log_native_to_x(prediction, logsnr))
 
 

@@ -62,7 +62,11 @@ def time_grid(steps: int, kind: str = "uniform", schedule: Optional[Schedule] = 
         if steps > T:
             raise ValueError(f"steps ({steps}) cannot exceed num_train_timesteps ({T}) for grid {kind!r}")
         if kind == "trailing":
-            t = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)) / T
+            # the k-th of `steps` times, k = 0 … steps-1, as numpy's arange(T, 0, -T/steps) computes it
+            # (start + k·δ with δ = (T - T/steps) - T), so the values equal diffusers' "trailing";
+            # taking exactly `steps` of them avoids arange's float-step overshoot (steps = 61 gave 62)
+            delta = (T - T / steps) - T
+            t = torch.round(T + torch.arange(steps, dtype=torch.float64) * delta) / T
         else:
             t = (torch.arange(steps - 1, -1, -1, dtype=torch.float64) * (T // steps) + 1.0) / T
         return torch.cat([t, t.new_zeros(1)])

@@ -15,7 +15,8 @@ Positions (config `position`) are functions of the grid, never a learned table (
 
 The joint image+video `frame_mask` (spec A10) acts wherever attention crosses frames: in temporal
 blocks and in full attention an image frame attends only to itself. Spatial blocks and the
-per-token layers never mix frames.
+per-token layers never mix frames. An image frame's sin-cos position is that of time 0 whatever
+slot it occupies (RoPE, being relative, needs nothing), so it is denoised exactly as a one-frame clip.
 
 Like the U-Net, the network knows nothing of noise schedules.
 """
@@ -272,7 +273,10 @@ class DiT(nn.Module):
         x = self.patch_embedding(patchify(z, cfg.patch_size))  # (B, F', S, D)
         rope = None
         if cfg.position == "sincos":
-            x = x + sincos_position_embedding(grid, cfg.hidden_dim, z.device).to(x.dtype)
+            positions = sincos_position_embedding(grid, cfg.hidden_dim, z.device)  # (F', S, D)
+            if allowed is not None:  # an image frame sits at time 0, as in a one-frame clip, whatever its slot
+                positions = torch.where(frame_mask[:, :, None, None].to(z.device), positions, positions[:1])
+            x = x + positions.to(x.dtype)
         else:
             rope = rope_tables(grid, cfg.head_dim, z.device)
         for block in self.blocks:

@@ -203,9 +203,22 @@ def _restore(state: _State, checkpoint: Path, cfg: RunConfig, proc: _Process) ->
         torch.cuda.set_rng_state(rng_state_from_json(rngs["cuda"]), proc.device)
 
 
+def _check_provides(dataset, cfg: RunConfig, network: nn.Module) -> None:
+    """A conditional network needs every item's label or caption: refuse before step 1, naming the field."""
+    needed = [f for f, used in (("label", network.null_class is not None), ("caption", cfg.train.text_conditional))
+              if used]
+    missing = [f for f in needed if f not in dataset[0]]
+    if missing:
+        joint = (" (joint image+video training, data.images_per_video > 0, drops them: the label or caption of a clip "
+                 "does not describe the images appended to it)" if cfg.data.images_per_video > 0 else "")
+        raise ValueError(f"a conditional model needs each item's {missing}, which the training data does not "
+                         f"provide{joint}")
+
+
 def _batches(cfg: RunConfig, state: _State, proc: _Process, progress: bool) -> Iterator[dict]:
     """The training stream of micro-batches, continuing after the `state.batches` already consumed."""
     dataset = build_dataset(cfg.data, "train", progress=progress and proc.is_main)
+    _check_provides(dataset, cfg, state.network)
     if proc.is_main and hasattr(dataset, "summary"):
         tqdm.write(dataset.summary())
     sampler = ResumableBatchSampler(len(dataset), _micro_batch(cfg, proc.world), world_size=proc.world,
