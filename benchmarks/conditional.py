@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kinema.build import load_model
+from kinema.config import with_sample
 from kinema.data import MovingDigits
 from kinema.eval import DigitOracle
 from kinema.eval.frames import psnr, ssim
-from kinema.build import load_model
-from kinema.config import with_sample
 from kinema.sample import generate, plan_windows, predict
 
 

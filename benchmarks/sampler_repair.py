@@ -21,10 +21,10 @@ import time
 import numpy as np
 import torch
 
-from kinema.diffusion.samplers import sample_ancestral, time_grid
-from kinema.eval.oracle import DigitOracle
 from kinema.build import build_schedule, load_model
 from kinema.config import with_sample
+from kinema.diffusion.samplers import sample_ancestral, time_grid
+from kinema.eval.oracle import DigitOracle
 from kinema.sample import conditioned_denoiser, conditioning
 from kinema.sample.generation import rows
 

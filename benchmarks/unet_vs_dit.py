@@ -32,11 +32,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kinema.config import RUN_PRESETS, RunConfig, apply_overrides
+from kinema.build import build_dataset, build_model, build_schedule
+from kinema.config import RUN_PRESETS, RunConfig, apply_overrides, with_sample
 from kinema.diffusion import diffusion_loss
 from kinema.eval import DigitOracle
-from kinema.build import build_dataset, build_model, build_schedule
-from kinema.config import with_sample
 from kinema.precision import resolve_precision
 from kinema.sample import generate
 from kinema.train import train

@@ -39,15 +39,13 @@ import torch
 from _peer import PEER_INSTALL, import_peer, peer_available  # benchmarks/_peer.py
 from torch import nn
 
-from kinema.config import RUN_PRESETS, apply_overrides
+from kinema.config import RUN_PRESETS, apply_overrides, with_sample
 from kinema.data import MovingDigits
-from kinema.eval import DigitOracle
-from kinema.config import with_sample
 from kinema.data.media import to_uint8, write_videos
+from kinema.eval import DigitOracle
 from kinema.precision import resolve_precision
 from kinema.sample import generate
 from kinema.train import train
-
 
 PRESET = "tiny16"
 

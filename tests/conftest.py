@@ -6,6 +6,7 @@ own eval/ subfolder) must train its own. Slow tests (DDP, SIGKILL, overfitting, 
 """
 
 import pytest
+
 from helpers import micro
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import kinema.train.trainer as trainer
+from kinema.build import build_model
 from kinema.config import ConfigError, RunConfig, apply_overrides
 from kinema.diffusion import CosineSchedule, FrameNoise, sample_ancestral, sample_ddim
-from kinema.build import build_model
 from kinema.diffusion.samplers import SAMPLERS
 from kinema.sample import generate, predict
 from kinema.train import train

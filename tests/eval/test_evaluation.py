@@ -7,8 +7,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
-from helpers import micro
 
+from helpers import micro
 from kinema.cli import main
 from kinema.config import DataConfig
 from kinema.eval.evaluation import reference_clips, score
@@ -142,8 +142,7 @@ def test_gamma_overrides_the_ancestral_noise_and_is_recorded(run, tmp_path):
 
 
 def test_langevin_corrector_is_a_sample_setting_an_option_and_recorded(run, tmp_path):
-    from kinema.config import ConfigError, apply_overrides, load_config
-    from kinema.config import with_sample
+    from kinema.config import ConfigError, apply_overrides, load_config, with_sample
     from kinema.sample import run_sampler
 
     cfg = load_config(run / "config.toml")

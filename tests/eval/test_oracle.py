@@ -11,8 +11,14 @@ from safetensors import safe_open
 from kinema.data import MovingDigits
 from kinema.eval import DigitOracle
 from kinema.eval.corruptions import corrupt, format_table, validation_table
-from kinema.eval.digit_classifier import (RECIPE, TEST_SIZES, WEIGHTS_PATH, held_out_accuracy, load_digit_classifier,
-                                         train_digit_classifier)
+from kinema.eval.digit_classifier import (
+    RECIPE,
+    TEST_SIZES,
+    WEIGHTS_PATH,
+    held_out_accuracy,
+    load_digit_classifier,
+    train_digit_classifier,
+)
 from kinema.eval.oracle import label_components
 
 

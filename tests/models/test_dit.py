@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from helpers import bayes_optimal_v_loss, frame_jacobian, moving_glyph_clips, randomize_zero_inits
+from kinema.build import load_model
 from kinema.cli import main
 from kinema.config import RUN_PRESETS, ConfigError, RunConfig, apply_overrides, load_config, save_config
 from kinema.diffusion import CosineSchedule, diffusion_loss
 from kinema.models import DIT_PRESETS, DiT, DiTConfig, UNet3DConfig
 from kinema.models.dit import patchify, unpatchify
 from kinema.models.positions import apply_rope, rope_angles
-from kinema.build import load_model
 
 SMALL = dict(hidden_dim=32, depth=2, heads=2, patch_size=(1, 2, 2))
 LAYOUTS = [(attention, position) for attention in ("interleaved", "full") for position in ("sincos", "rope")]

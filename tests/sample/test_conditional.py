@@ -1,6 +1,5 @@
 """Conditional generation tasks (predict, extend, interpolate, upsample): planning, shapes, errors, CLI."""
 
-import dataclasses
 
 import numpy as np
 import pytest

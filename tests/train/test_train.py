@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from helpers import MICRO, micro
-
 from kinema.build import resolve_model
 from kinema.checkpoint import list_checkpoints, load_optimizer_state, load_state
 from kinema.cli import main
