@@ -77,7 +77,8 @@ def main() -> None:
     oracle = DigitOracle(d.num_digits, d.digit_size, (d.speed_min, d.speed_max))
     results: dict = {"run": str(args.run), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
                      "torch": torch.__version__, "num": args.num, "length": args.length, "clip_frames": d.frames,
-                     "overlap": overlap, "steps": args.steps, "precision": args.precision, "sampler": cfg.sample.sampler, "prediction": []}
+                     "overlap": overlap, "steps": args.steps, "precision": args.precision,
+                     "sampler": cfg.sample.sampler, "prediction": []}
 
     real_ds = MovingDigits("test", args.length, d.height, d.num_digits, d.digit_size, (d.speed_min, d.speed_max),
                            seed=d.seed)

@@ -71,7 +71,8 @@ def collect(name: str, out_dir: Path) -> dict:
     result = json.loads((run / "eval" / "eval.json").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     metrics = {row["key"]: row for row in result["metrics"]}  # eval.json metric rows
-    return {"variant": name, "change": VARIANTS[name].change, "overrides": list(VARIANTS[name].overrides), "steps": result["step"],
+    return {"variant": name, "change": VARIANTS[name].change, "overrides": list(VARIANTS[name].overrides),
+            "steps": result["step"],
             "final_loss": sum(r["loss"] for r in records[-5:]) / len(records[-5:]),
             "minutes": records[-1]["elapsed_s"] / 60, "num": result["num"],
             "sampling_steps": result["sampling"].get("steps"), **{m: metrics[m]["samples"] for m in METRICS},
@@ -104,7 +105,8 @@ def main() -> None:
     print(f"{'variant':<10}{'steps':>7}{'identity':>10}{'adjacent':>10}{'motion':>8}{'recog':>8}{'count':>8}"
           f"{'oracle FD':>11}")
     for r in rows + ([{"variant": "real", "steps": "", **rows[0]["real"]}] if rows else []):
-        print(f"{r['variant']:<10}{r['steps']:>7}{r['identity_consistency']:>10.3f}{r.get('adjacent_agreement') or float('nan'):>10.3f}"
+        print(f"{r['variant']:<10}{r['steps']:>7}{r['identity_consistency']:>10.3f}"
+              f"{r.get('adjacent_agreement') or float('nan'):>10.3f}"
               f"{r['motion_plausibility']:>8.3f}{r['recognisability']:>8.3f}{r['count_consistency']:>8.3f}"
               f"{r['oracle_fd']:>11.2f}")
     report = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",

@@ -125,7 +125,8 @@ def main() -> None:
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
     peer = {r["bf16"]: r for r in results if r["name"] == "peer"}
-    header = f"{'model':<16}{'dtype':<6}{'params':>9}{'fwd s':>8}{'step s':>8}{'GFLOP':>8}{'GFLOP/s':>9}{'util':>7}{'RSS MiB':>9}{'peer/this':>10}"
+    header = (f"{'model':<16}{'dtype':<6}{'params':>9}{'fwd s':>8}{'step s':>8}{'GFLOP':>8}{'GFLOP/s':>9}{'util':>7}"
+              f"{'RSS MiB':>9}{'peer/this':>10}")
     print(header)
     for r in results:
         rate = r["train_gflop"] / r["train_step_s"]

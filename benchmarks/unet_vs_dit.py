@@ -108,7 +108,8 @@ def main() -> None:
     precision = resolve_precision(RUN_PRESETS[PRESETS[0]].train.precision, device)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"\n{args.minutes} min of training each; {data.frames}x{data.height}x{data.width} Moving Digits; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {precision} on {device.type}; commit {commit or '?'}")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {precision} on {device.type}; "
+          f"commit {commit or '?'}")
     print(f"{'model':<10}{'params':>9}{'GFLOP/step':>12}{'step s':>8}{'steps':>7}{'loss':>8}"
           f"{'identity':>10}{'motion':>8}{'recognis.':>11}{'oracle FD':>11}")
     for r in results:
@@ -119,7 +120,8 @@ def main() -> None:
           f"{baseline['recognisability']:>11.1%}{baseline['oracle_fd']:>11.2f}")
     print(f"N = {args.num} samples per model ({args.steps} DDIM steps, EMA weights) and {args.num} real test clips")
     out = {"minutes": args.minutes, "num": args.num, "sampling_steps": args.steps, "commit": commit,
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(), "device": device.type,
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+           "device": device.type,
            "precision": precision, "final_loss_over_last_steps": LAST_STEPS,
            "models": results, "real": baseline}
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,8 @@ def build_dataset(cfg: DataConfig, split: str = "train", progress: bool = True):
     return ds
 
 
-def load_model(checkpoint: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[RunConfig, nn.Module]:
+def load_model(checkpoint: str | Path, weights: str = "ema",
+               device: str | torch.device = "cpu") -> tuple[RunConfig, nn.Module]:
     """Rebuild a run's network from a checkpoint folder alone (config.toml + safetensors), a run folder,
     or a shipped model's name (see `kinema.checkpoint.resolve_checkpoint`)."""
     path = resolve_checkpoint(checkpoint)

@@ -110,7 +110,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             return pretrained_dir(str(path))
         raise FileNotFoundError(f"{path}: no such run or checkpoint folder, nor a shipped model "
                                 f"(shipped: {', '.join(PRETRAINED)})")
-    raise FileNotFoundError(f"{path}: neither a checkpoint folder (config.toml + model.safetensors) nor a run folder with checkpoints/")
+    raise FileNotFoundError(f"{path}: neither a checkpoint folder (config.toml + model.safetensors) "
+                            "nor a run folder with checkpoints/")
 
 
 def load_state(checkpoint: Path, model: Optional[nn.Module] = None, ema: Optional[nn.Module] = None,

@@ -112,7 +112,8 @@ def _run_config(config_file, preset, overrides):
     from .config import RUN_PRESETS, apply_overrides, load_config
 
     if preset not in RUN_PRESETS:
-        raise click.BadParameter(f"unknown preset {preset!r}; choose from {', '.join(RUN_PRESETS)}", param_hint="--preset")
+        raise click.BadParameter(f"unknown preset {preset!r}; choose from {', '.join(RUN_PRESETS)}",
+                                 param_hint="--preset")
     cfg = copy.deepcopy(RUN_PRESETS[preset])
     if config_file:
         cfg = load_config(config_file, base=cfg)
@@ -120,7 +121,8 @@ def _run_config(config_file, preset, overrides):
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A TOML run config (sections model, diffusion, data, train, sample).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="A TOML run config (sections model, diffusion, data, train, sample).")
 @click.option("--preset", default="tiny", show_default=True, help="Named starting config; see `kinema presets`.")
 @click.option("--name", help="Run name; the run lives in OUT_DIR/NAME. Default: the config's name.")
 @click.option("--out-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
@@ -337,7 +339,8 @@ def upsample(checkpoint, video, sr_weight, overlap, label, prompt, weights, outs
 
 @main.command("eval")
 @click.argument("run_or_checkpoint", type=click.Path())
-@click.option("--num", default=256, show_default=True, help="Samples, and real clips, to compare (report N with the numbers).")
+@click.option("--num", default=256, show_default=True,
+              help="Samples, and real clips, to compare (report N with the numbers).")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option("--dataset", type=click.Choice(list(DATASETS)), help="Reference data (default: the run's data.dataset).")
 @click.option("--path", help="Reference folder for video-folder / image-folder (default: the run's data.path).")
@@ -472,7 +475,8 @@ def data(dataset, path, num, split, out, preset, overrides) -> None:
 
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--samples", type=click.Path(dir_okay=False), help="Samples GIF to show (default: RUN/samples.gif or the newest in RUN/samples/).")
+@click.option("--samples", type=click.Path(dir_okay=False),
+              help="Samples GIF to show (default: RUN/samples.gif or the newest in RUN/samples/).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Default: RUN/index.html")
 @click.option("--extra", "extras", multiple=True, metavar="TITLE=GIF",
               help="Another video to show beside the samples, e.g. a pretrained model's; repeatable.")

@@ -52,12 +52,14 @@ class DiffusionConfig:
     shift_resolution: float = 0.0  # shifted-cosine: working resolution d; shift 2 log(reference/d)
     reference_resolution: float = 64.0
     prediction: str = "v"  # v | eps | x | both
-    weighting: str = "auto"  # auto (natural_weighting: eps -> eps-mse, ...) | v-mse | eps-mse | x-mse | snr-trunc | min-snr
+    # auto (natural_weighting: eps -> eps-mse, ...) | v-mse | eps-mse | x-mse | snr-trunc | min-snr
+    weighting: str = "auto"
     frame_noise_correlation: float = 0.0  # ρ: ε shares a component √ρ across a video's frames (FrameNoise)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.frame_noise_correlation < 1.0:
-            raise ConfigError(f"diffusion.frame_noise_correlation must lie in [0, 1); got {self.frame_noise_correlation}")
+            raise ConfigError("diffusion.frame_noise_correlation must lie in [0, 1); "
+                              f"got {self.frame_noise_correlation}")
         _choice("diffusion.schedule", self.schedule, ("cosine", "shifted-cosine", "ddpm-linear"))
         _choice("diffusion.prediction", self.prediction, ("v", "eps", "x", "both"))
         _choice("diffusion.weighting", self.weighting, ("auto", "v-mse", "eps-mse", "x-mse", "snr-trunc", "min-snr"))
@@ -119,7 +121,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         _choice("train.precision", self.precision, PRECISIONS)
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints", "sample_count"):
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints",
+                     "sample_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be positive; got {getattr(self, name)}")
         if not 0 <= self.decay_steps <= self.steps:

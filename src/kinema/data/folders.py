@@ -64,7 +64,8 @@ class VideoFolder(Dataset):
             raise ValueError(f"frames and stride must be positive; got frames={frames}, stride={stride}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3; got {channels}")
-        self.root, self.frames, self.stride, self.flip, self.channels, self.seed = Path(root), frames, stride, flip, channels, seed
+        self.root, self.frames, self.stride = Path(root), frames, stride
+        self.flip, self.channels, self.seed = flip, channels, seed
         files = _find(self.root, VIDEO_SUFFIXES)
         if not files:
             raise ValueError(f"{self.root}: no video files ({', '.join(VIDEO_SUFFIXES)}) found in this folder or below")
@@ -79,7 +80,8 @@ class VideoFolder(Dataset):
                 self._skip(path, str(err))
                 continue
             if len(decoded) < span:
-                self._skip(path, f"{path}: only {len(decoded)} frames, a clip needs {span} (frames={frames}, stride={stride})")
+                self._skip(path, f"{path}: only {len(decoded)} frames, a clip needs {span} "
+                                 f"(frames={frames}, stride={stride})")
                 continue
             self.videos.append(fit_frames(decoded, height, width))
             self.files.append(path)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "read_video", "read_clips", "fit_frames", "to_uint8", "tile_videos", "write_videos",
-           "frame_strip"]
+__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "read_video", "read_clips", "fit_frames", "to_uint8", "tile_videos",
+           "write_videos", "frame_strip"]
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif", ".avi", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

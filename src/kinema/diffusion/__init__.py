@@ -36,6 +36,7 @@ __all__ = [
     "ClassifierFreeGuidance", "Conditioned", "Replacement", "ReconstructionGuidance", "SuperResolutionGuidance",
     "area_downsample", "Thresholded", "dynamic_threshold", "static_threshold",
     "diffusion_loss", "sample_times", "FrameNoise", "Denoiser", "loss_weight", "noise_level", "x_from_output",
-    "SAMPLERS", "SamplerEntry", "ancestral_step", "ddim_step", "langevin_step", "sample_ancestral", "sample_ddim", "time_grid",
+    "SAMPLERS", "SamplerEntry", "ancestral_step", "ddim_step", "langevin_step", "sample_ancestral", "sample_ddim",
+    "time_grid",
     "CosineSchedule", "DDPMLinearSchedule", "InterpolatedCosineSchedule", "Schedule", "ShiftedCosineSchedule",
 ]

@@ -49,7 +49,8 @@ def broadcast_like(coef: Tensor, like: Tensor) -> Tensor:
     if coef.ndim == 0:
         return coef.to(like.dtype)
     if coef.ndim != 1 or coef.shape[0] != like.shape[0]:
-        raise ValueError(f"per-example coefficient of shape {tuple(coef.shape)} does not match batch of shape {tuple(like.shape)}")
+        raise ValueError(f"per-example coefficient of shape {tuple(coef.shape)} "
+                         f"does not match batch of shape {tuple(like.shape)}")
     return coef.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
 
@@ -212,5 +213,6 @@ def _per_example_time(t: Tensor | float, z: Tensor) -> Tensor:
     if t.ndim == 0:
         t = t.expand(z.shape[0])
     if t.shape != (z.shape[0],):
-        raise ValueError(f"t must be a scalar or have shape ({z.shape[0]},) to match z of shape {tuple(z.shape)}; got {tuple(t.shape)}")
+        raise ValueError(f"t must be a scalar or have shape ({z.shape[0]},) to match z of shape {tuple(z.shape)}; "
+                         f"got {tuple(t.shape)}")
     return t

@@ -141,7 +141,8 @@ def effective_resolution(frames: int, height: int, width: int, reference_frames:
     video of F_ref frames at d×d maps to d, and more frames mean more redundancy, hence more shift.
     """
     if min(frames, height, width, reference_frames) <= 0:
-        raise ValueError(f"frames, height, width and reference_frames must be positive; got {frames}, {height}, {width}, {reference_frames}")
+        raise ValueError("frames, height, width and reference_frames must be positive; "
+                         f"got {frames}, {height}, {width}, {reference_frames}")
     return math.sqrt(frames * height * width / reference_frames)
 
 
@@ -151,12 +152,14 @@ class ShiftedCosineSchedule(CosineSchedule):
     def __init__(self, resolution: float, reference_resolution: float = 64.0,
                  logsnr_min: float = -20.0, logsnr_max: float = 20.0):
         if resolution <= 0 or reference_resolution <= 0:
-            raise ValueError(f"resolution and reference_resolution must be positive; got {resolution}, {reference_resolution}")
+            raise ValueError("resolution and reference_resolution must be positive; "
+                             f"got {resolution}, {reference_resolution}")
         self.resolution, self.reference_resolution = float(resolution), float(reference_resolution)
         super().__init__(logsnr_min, logsnr_max, shift=2.0 * math.log(reference_resolution / resolution))
 
     def __repr__(self) -> str:
-        return (f"ShiftedCosineSchedule(resolution={self.resolution}, reference_resolution={self.reference_resolution}, "
+        return (f"ShiftedCosineSchedule(resolution={self.resolution}, "
+                f"reference_resolution={self.reference_resolution}, "
                 f"logsnr_min={self.clip_min}, logsnr_max={self.clip_max})")
 
 
@@ -234,4 +237,5 @@ class DDPMLinearSchedule(Schedule):
         return y0 + (x - x0) * (y1 - y0) / (x1 - x0)
 
     def __repr__(self) -> str:
-        return f"DDPMLinearSchedule(beta_start={self.beta_start}, beta_end={self.beta_end}, num_timesteps={self.num_timesteps})"
+        return (f"DDPMLinearSchedule(beta_start={self.beta_start}, beta_end={self.beta_end}, "
+                f"num_timesteps={self.num_timesteps})")

@@ -78,7 +78,7 @@ def resize_patches(patches: list[np.ndarray]) -> Tensor:
     by_side: dict[int, list[int]] = {}
     for i, p in enumerate(patches):
         by_side.setdefault(p.shape[0], []).append(i)
-    for side, idx in by_side.items():  # one resize call per patch size
+    for _side, idx in by_side.items():  # one resize call per patch size
         batch = torch.from_numpy(np.stack([patches[i] for i in idx]).astype(np.float32))[:, None]
         out[idx] = F.interpolate(batch, size=(CROP_SIZE, CROP_SIZE), mode="bilinear", align_corners=False,
                                  antialias=True)

@@ -40,20 +40,26 @@ def loss_curve_svg(steps: list[int], losses: list[float], width: int = 640, heig
         cumulative.append(cumulative[-1] + value)
     smooth = [(cumulative[i + 1] - cumulative[max(0, i - window + 1)]) / (i + 1 - max(0, i - window + 1))
               for i in range(len(logs))]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-             f'<rect x="{pad_l}" y="{pad_t}" width="{width - pad_l - pad_r}" height="{height - pad_t - pad_b}" fill="none" stroke="#999"/>']
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             'font-family="sans-serif" font-size="11">',
+             f'<rect x="{pad_l}" y="{pad_t}" width="{width - pad_l - pad_r}" height="{height - pad_t - pad_b}" '
+             'fill="none" stroke="#999"/>']
     for k in range(5):
         lg = lo + (hi - lo) * k / 4
         y = xy(s0, lg).split(",")[1]
         parts.append(f'<line x1="{pad_l}" x2="{width - pad_r}" y1="{y}" y2="{y}" stroke="#eee"/>'
-                     f'<text x="{pad_l - 5}" y="{y}" text-anchor="end" dominant-baseline="middle">{10 ** lg:.3g}</text>')
+                     f'<text x="{pad_l - 5}" y="{y}" text-anchor="end" dominant-baseline="middle">'
+                     f'{10 ** lg:.3g}</text>')
         step = s0 + (s1 - s0) * k / 4
         x = xy(step, lo).split(",")[0]
         parts.append(f'<text x="{x}" y="{height - pad_b + 15}" text-anchor="middle">{step:.0f}</text>')
-    parts.append(f'<polyline fill="none" stroke="#9cc3e6" stroke-width="1" points="{" ".join(xy(s, v) for s, v in zip(steps, logs))}"/>')
-    parts.append(f'<polyline fill="none" stroke="#1f5f99" stroke-width="2" points="{" ".join(xy(s, v) for s, v in zip(steps, smooth))}"/>')
+    parts.append('<polyline fill="none" stroke="#9cc3e6" stroke-width="1" '
+                 f'points="{" ".join(xy(s, v) for s, v in zip(steps, logs))}"/>')
+    parts.append('<polyline fill="none" stroke="#1f5f99" stroke-width="2" '
+                 f'points="{" ".join(xy(s, v) for s, v in zip(steps, smooth))}"/>')
     parts.append(f'<text x="{(width + pad_l) / 2}" y="{height - 5}" text-anchor="middle">step</text>')
-    parts.append(f'<text x="12" y="{(height - pad_b) / 2}" transform="rotate(-90 12 {(height - pad_b) / 2})" text-anchor="middle">training loss (log scale)</text>')
+    parts.append(f'<text x="12" y="{(height - pad_b) / 2}" transform="rotate(-90 12 {(height - pad_b) / 2})" '
+                 'text-anchor="middle">training loss (log scale)</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -100,7 +106,8 @@ def write_report(run: Path, samples: Optional[Path] = None, out: Optional[Path] 
                     + "</figure>" for title, path in figures)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>kinema run {html.escape(cfg.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} figure{{display:inline-block;margin:0 2em 1em 0;vertical-align:top}}
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} \
+figure{{display:inline-block;margin:0 2em 1em 0;vertical-align:top}}
 img{{image-rendering:pixelated}} pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head>
 <body><h1>kinema run <code>{html.escape(cfg.name)}</code></h1>
 <p>{len(steps) and steps[-1]} training steps logged; final loss {losses[-1] if losses else float('nan'):.4f}.</p>
@@ -134,16 +141,20 @@ def write_eval_report(out: Path, result: dict) -> Path:
                                           ("real", "Real reference clips")))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>kinema eval {esc(result['checkpoint'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} figure{{display:inline-block;margin:0 2em 1em 0;vertical-align:top}}
-img{{image-rendering:pixelated}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} \
+figure{{display:inline-block;margin:0 2em 1em 0;vertical-align:top}}
+img{{image-rendering:pixelated}} table{{border-collapse:collapse}} \
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
 <body><h1>kinema eval</h1>
 <p><code>{esc(result['checkpoint'])}</code> (step {result['step']}); {result['num']} samples: {how}.</p>
-<p>Reference: {ref['num']} real clips of {esc(ref['dataset'])}{' (' + esc(ref['split']) + ' split)' if ref['split'] else ''},
+<p>Reference: {ref['num']} real clips of \
+{esc(ref['dataset'])}{' (' + esc(ref['split']) + ' split)' if ref['split'] else ''},
 {ref['frames']}×{ref['height']}×{ref['width']}.</p>
 <h2>Metrics</h2>
 <table><tr><th>metric</th><th>samples</th><th>real</th><th>meaning</th></tr>{''.join(rows)}</table>
 <h2>Videos</h2>{figures}
-<p>Animated: <a href="samples.gif">samples.gif</a>, <a href="real.gif">real.gif</a>; numbers in <a href="eval.json">eval.json</a>.</p>
+<p>Animated: <a href="samples.gif">samples.gif</a>, <a href="real.gif">real.gif</a>; \
+numbers in <a href="eval.json">eval.json</a>.</p>
 </body></html>
 """
     path = out / "eval.html"

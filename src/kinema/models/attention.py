@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-__all__ = ["SpatialAttention", "TemporalAttention", "RelativePositionBias", "temporal_attention_mask", "frame_attention_mask",
-           "group_norm", "attention", "explicit_attention"]
+__all__ = ["SpatialAttention", "TemporalAttention", "RelativePositionBias", "temporal_attention_mask",
+           "frame_attention_mask", "group_norm", "attention", "explicit_attention"]
 
 # Longest sequence that takes the explicit product instead of the fused kernel. The fused CPU kernel
 # processes queries in blocks of 32 or more, so shorter sequences waste most of each block. Measured by

@@ -43,7 +43,8 @@ NOISE_FEATURES = 256  # sinusoidal features of the noise level before its MLP (D
 
 @dataclass
 class DiTConfig:
-    """Architecture of the spacetime DiT. `depth` counts blocks; interleaved layouts use it in (spatial, temporal) pairs."""
+    """Architecture of the spacetime DiT. `depth` counts blocks; interleaved layouts use it in (spatial, temporal)
+    pairs."""
 
     backbone: str = "dit"  # tells a RunConfig's model section which config class it holds
     in_channels: int = 3
@@ -89,7 +90,8 @@ class DiTConfig:
 
     def summary(self) -> str:
         p_t, p_h, p_w = self.patch_size
-        return f"dit width {self.hidden_dim} depth {self.depth} {self.attention} {self.position} patch {p_t}x{p_h}x{p_w}"
+        return (f"dit width {self.hidden_dim} depth {self.depth} {self.attention} {self.position} "
+                f"patch {p_t}x{p_h}x{p_w}")
 
 
 def _size(hidden_dim: int, depth: int, heads: int, patch: int) -> DiTConfig:

@@ -87,7 +87,8 @@ class TextPooling(nn.Module):
         if text.ndim == 2:
             text = text[:, None]
         if text.ndim != 3 or text.shape[0] != batch or text.shape[2] != self.text_dim:
-            raise ValueError(f"text must have shape ({batch}, {self.text_dim}) or ({batch}, L, {self.text_dim}); got {tuple(text.shape)}")
+            raise ValueError(f"text must have shape ({batch}, {self.text_dim}) or ({batch}, L, {self.text_dim}); "
+                             f"got {tuple(text.shape)}")
         if text_mask is None:
             text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
         if text_mask.shape != text.shape[:2]:

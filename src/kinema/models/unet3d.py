@@ -75,7 +75,8 @@ class UNet3DConfig:
         for level, mult in enumerate(self.channel_mults):
             attends = level in self.attention_levels or level == len(self.channel_mults) - 1
             if attends and (self.base_channels * mult) % self.head_dim:
-                raise ValueError(f"channels at level {level} ({self.base_channels * mult}) must be a multiple of head_dim ({self.head_dim})")
+                raise ValueError(f"channels at level {level} ({self.base_channels * mult}) "
+                                 f"must be a multiple of head_dim ({self.head_dim})")
 
     def summary(self) -> str:
         conv = f" temporal_conv={self.temporal_conv}" if self.temporal_conv else ""
@@ -173,7 +174,8 @@ class Level(nn.Module):
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout)
         self.temporal_conv = TemporalConv(out_ch, cfg.temporal_conv) if cfg.temporal_conv else None
-        self.attn = AttentionPair(out_ch, cfg.head_dim, cfg.temporal_attention, cfg.max_relative_distance) if attend else None
+        self.attn = (AttentionPair(out_ch, cfg.head_dim, cfg.temporal_attention, cfg.max_relative_distance)
+                     if attend else None)
 
     def forward(self, x: Tensor, emb: Tensor, frames: int, allowed: Optional[Tensor],
                 frame_mask: Optional[Tensor] = None) -> Tensor:
@@ -250,7 +252,8 @@ class UNet3D(nn.Module):
             raise ValueError(f"z has {channels} channels but the model expects in_channels={self.config.in_channels}")
         factor = 2 ** (len(self.config.channel_mults) - 1)
         if height % factor or width % factor:
-            raise ValueError(f"frame size {height}×{width} must be divisible by {factor} for {len(self.config.channel_mults)} levels")
+            raise ValueError(f"frame size {height}×{width} must be divisible by {factor} "
+                             f"for {len(self.config.channel_mults)} levels")
         allowed = frame_attention_mask(frame_mask, batch, frames)
         images = frame_mask if allowed is not None else None  # some frames are independent images
 

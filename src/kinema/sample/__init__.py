@@ -4,5 +4,5 @@ conditioned on known frames (`conditional`: predict, extend, interpolate, upsamp
 from .conditional import DEFAULT_WEIGHT, METHODS, extend, fill_frames, interpolate, plan_windows, predict, upsample
 from .generation import conditioned_denoiser, conditioning, generate, run_sampler, sampler_keywords, sampling_record
 
-__all__ = ["generate", "run_sampler", "sampler_keywords", "sampling_record", "conditioning", "conditioned_denoiser", "fill_frames", "plan_windows", "predict",
-           "extend", "interpolate", "upsample", "METHODS", "DEFAULT_WEIGHT"]
+__all__ = ["generate", "run_sampler", "sampler_keywords", "sampling_record", "conditioning", "conditioned_denoiser",
+           "fill_frames", "plan_windows", "predict", "extend", "interpolate", "upsample", "METHODS", "DEFAULT_WEIGHT"]

@@ -30,8 +30,8 @@ from ..config import RunConfig, with_sample
 from ..diffusion import ReconstructionGuidance, Replacement, SuperResolutionGuidance
 from .generation import conditioned_denoiser, conditioning, run_sampler
 
-__all__ = ["fill_frames", "plan_windows", "Window", "predict", "extend", "interpolate", "upsample", "check_clip", "METHODS",
-           "DEFAULT_WEIGHT"]
+__all__ = ["fill_frames", "plan_windows", "Window", "predict", "extend", "interpolate", "upsample", "check_clip",
+           "METHODS", "DEFAULT_WEIGHT"]
 
 METHODS = ("reconstruction", "replacement")
 DEFAULT_WEIGHT = 10.0  # w_r: best boundary identity and SSIM in benchmarks/conditional.py (benchmarks/RESULTS.md)

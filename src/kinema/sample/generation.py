@@ -22,8 +22,9 @@ __all__ = ["conditioning", "conditioned_denoiser", "run_sampler", "sampler_keywo
 Denoise = Callable[[Tensor, Tensor], Tensor]
 
 
-def conditioning(model: nn.Module, num: int, *, labels: Optional[Tensor] = None, prompts: Optional[Sequence[str]] = None,
-                 seed: int = 0, device: Optional[torch.device] = None) -> tuple[dict, dict]:
+def conditioning(model: nn.Module, num: int, *, labels: Optional[Tensor] = None,
+                 prompts: Optional[Sequence[str]] = None, seed: int = 0,
+                 device: Optional[torch.device] = None) -> tuple[dict, dict]:
     """(cond, uncond) network inputs for `num` videos; uncond is the classifier-free-guidance "null".
 
     A class-conditional model gets `labels` (random classes from `seed` when None; the null class
