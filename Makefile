@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,text]'
 	touch $(STAMP)
 
+# The linter first (ruff, configured in pyproject.toml), then every test; `pytest -m "not slow"` is the edit loop.
 test: install
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
 # Trains the tiny16 preset on Moving Digits for DEMO_MINUTES of wall-clock, samples 16 videos, scores them with the

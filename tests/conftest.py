@@ -1,18 +1,13 @@
 """Shared fixtures: a trained micro checkpoint per backbone, made once per test session.
 
 Tests that only read these runs may share them; a test that writes into a run folder (other than `kinema eval`'s
-own eval/ subfolder) must train its own. Slow tests (DDP, SIGKILL, overfitting, end-to-end CLI) carry
-`@pytest.mark.slow`; `pytest -m "not slow"` is the edit loop, `make test` runs everything.
+own eval/ subfolder) must train its own. Slow tests (DDP, SIGKILL, overfitting) carry
+`@pytest.mark.slow` (registered in pyproject.toml); `pytest -m "not slow"` is the edit loop, `make test` runs everything.
 """
 
 import pytest
 
 from helpers import micro
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: seconds or more each (DDP, SIGKILL, overfitting, end-to-end CLI); "
-                                       "deselect with -m 'not slow'")
 
 
 def _trained(tmp_path_factory, name: str, **kwargs):

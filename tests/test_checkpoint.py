@@ -22,7 +22,7 @@ def run(micro_run):
 def test_export_writes_half_precision_ema_weights_that_sample_like_the_checkpoint(run, tmp_path):
     out = export_weights(run, tmp_path / "exported", command="kinema train ...")
     assert sorted(p.name for p in out.iterdir()) == ["config.toml", "ema.safetensors", "state.json"]
-    assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.iterdir())  # readable by all, as a package's files must be
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.iterdir())  # readable by all, as package files must be
     weights = load_file(str(out / "ema.safetensors"))
     assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
     state = json.loads((out / "state.json").read_text())

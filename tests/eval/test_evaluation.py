@@ -119,7 +119,8 @@ def test_gamma_overrides_the_ancestral_noise_and_is_recorded(run, tmp_path):
 
     def sample(*args):
         out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.npz"
-        result = runner.invoke(main, ["sample", str(run), "--num", "2", "--steps", "3", "--seed", "1", "--out", str(out),
+        result = runner.invoke(main, ["sample", str(run), "--num", "2", "--steps", "3", "--seed", "1",
+                                      "--out", str(out),
                                       *args])
         assert result.exit_code == 0, result.output
         return np.load(out)["videos"]

@@ -154,7 +154,8 @@ def test_rope_scores_depend_only_on_relative_position():
     grid, head_dim = (6, 7, 8), 14
     angles = rope_angles(grid, head_dim).reshape(*grid, head_dim // 2)
     g = torch.Generator().manual_seed(0)
-    q, k = torch.randn(head_dim, generator=g, dtype=torch.float64), torch.randn(head_dim, generator=g, dtype=torch.float64)
+    q = torch.randn(head_dim, generator=g, dtype=torch.float64)
+    k = torch.randn(head_dim, generator=g, dtype=torch.float64)
 
     def score(p, r):
         a, b = angles[p].double(), angles[r].double()
@@ -232,6 +233,7 @@ def test_presets_build_at_the_papers_sizes(name):
         assert abs(params / PAPER_PARAMS[name] - 1) < 0.03, params
 
 
+@pytest.mark.slow
 def test_dit_tiny_overfits_one_batch():
     """As the U-Net `tiny` test: the v-loss above the Bayes optimum must fall, here ≥ 5× in 250 steps.
 
@@ -294,7 +296,8 @@ def test_cli_trains_and_samples_dit_tiny(tmp_path):
 def test_config_round_trip_and_backbone_switching(tmp_path):
     cfg = apply_overrides(copy.deepcopy(RUN_PRESETS["dit-tiny"]),
                           ["model.position=rope", "model.attention=full", "model.patch_size=2,2,2", "model.depth=3"])
-    assert cfg.model == DiTConfig(hidden_dim=128, depth=3, heads=4, position="rope", attention="full", patch_size=(2, 2, 2))
+    assert cfg.model == DiTConfig(hidden_dim=128, depth=3, heads=4, position="rope", attention="full",
+                                  patch_size=(2, 2, 2))
     save_config(cfg, tmp_path / "dit.toml")
     assert load_config(tmp_path / "dit.toml") == cfg
 

@@ -182,6 +182,7 @@ def test_presets_build(name):
     assert sum(p.numel() for p in model.parameters()) > 1e6
 
 
+@pytest.mark.slow
 def test_tiny_overfits_one_batch():
     """The v-loss above the Bayes optimum (which is > 0 at high noise: 4 clips are ambiguous) falls ≥ 10×."""
     torch.manual_seed(0)

@@ -19,7 +19,8 @@ from kinema.sample import generate
 
 def _cfg(frames=4, size=16, **train):
     cfg = RunConfig()
-    cfg.model = UNet3DConfig(base_channels=8, channel_mults=(1, 2), blocks_per_level=1, attention_levels=(1,), head_dim=8)
+    cfg.model = UNet3DConfig(base_channels=8, channel_mults=(1, 2), blocks_per_level=1, attention_levels=(1,),
+                             head_dim=8)
     cfg.data.frames, cfg.data.height, cfg.data.width, cfg.data.digit_size = frames, size, size, 6
     cfg.sample.steps = 2
     for k, v in train.items():

@@ -194,7 +194,7 @@ def _restore(state: _State, checkpoint: Path, cfg: RunConfig, proc: _Process) ->
     rngs = saved["rng"].get(str(proc.rank))
     if rngs is None:  # resumed on more processes than were saved: correct, but not bit-exact
         warnings.warn(f"{checkpoint} holds RNG states for {len(saved['rng'])} process(es); rank {proc.rank} starts a "
-                      "fresh generator, so this resume is not bit-identical to an uninterrupted run")
+                      "fresh generator, so this resume is not bit-identical to an uninterrupted run", stacklevel=2)
         state.generator.manual_seed(_generator_seed(cfg, proc.rank, state.step))
         return
     state.generator.set_state(rng_state_from_json(rngs["generator"]))
