@@ -11,6 +11,7 @@ from kinema.build import load_model
 from kinema.checkpoint import PRETRAINED, export_weights, pretrained_dir, resolve_checkpoint
 from kinema.cli import main
 from kinema.config import with_sample
+from kinema.models import BACKBONES
 from kinema.sample import generate
 
 
@@ -93,3 +94,17 @@ def test_unknown_names_list_the_shipped_models(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["sample", "no-such-model", "--num", "1"])
     assert result.exit_code != 0 and "no-such-model" in result.output and "moving-digits" in result.output
+
+
+@pytest.mark.parametrize("fixture", ["micro_run", "micro_dit_run"])
+def test_a_run_of_either_backbone_samples_and_scores_from_its_folder(fixture, request, tmp_path):
+    run = request.getfixturevalue(fixture)
+    cfg, model = load_model(run)
+    assert type(model) is BACKBONES[cfg.model.backbone].network and model.config == cfg.model
+    samples = tmp_path / "s.npz"
+    result = CliRunner().invoke(main, ["sample", str(run), "--num", "2", "--steps", "2", "--out", str(samples)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["eval", str(run), "--samples", str(samples), "--num", "2", "--quiet",
+                                       "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    assert "motion plausibility" in result.output
