@@ -14,8 +14,9 @@ from torch import nn
 from .checkpoint import load_weights, resolve_checkpoint
 from .config import DataConfig, DiffusionConfig, RunConfig, load_config
 from .data import DATASETS, ImageFolder, JointImageVideo
-from .diffusion import CosineSchedule, DDPMLinearSchedule, FrameNoise, Schedule, ShiftedCosineSchedule
+from .diffusion import CosineSchedule, FrameNoise, Schedule, ShiftedCosineSchedule
 from .diffusion.parameterization import output_channels
+from .diffusion.schedules import SCHEDULES
 from .models import BACKBONES
 from .models.text import TEXT_DIM
 
@@ -23,13 +24,15 @@ __all__ = ["build_schedule", "build_noise", "resolve_model", "build_model", "bui
 
 
 def build_schedule(cfg: DiffusionConfig) -> Schedule:
-    if cfg.schedule == "cosine":
-        return CosineSchedule(cfg.logsnr_min, cfg.logsnr_max)
-    if cfg.schedule == "shifted-cosine":
+    """The `SCHEDULES[diffusion.schedule]` schedule with the fields it takes (the DDPM one has fixed β's)."""
+    cls = SCHEDULES[cfg.schedule]
+    if cls is ShiftedCosineSchedule:
         if cfg.shift_resolution <= 0:
             raise ValueError("diffusion.shift_resolution must be set (> 0) for the shifted-cosine schedule")
-        return ShiftedCosineSchedule(cfg.shift_resolution, cfg.reference_resolution, cfg.logsnr_min, cfg.logsnr_max)
-    return DDPMLinearSchedule()
+        return cls(cfg.shift_resolution, cfg.reference_resolution, cfg.logsnr_min, cfg.logsnr_max)
+    if cls is CosineSchedule:
+        return cls(cfg.logsnr_min, cfg.logsnr_max)
+    return cls()
 
 
 def build_noise(cfg: DiffusionConfig) -> FrameNoise:

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Tuple, Union
 
 from .data import DATASETS
+from .diffusion.parameterization import PREDICTIONS, WEIGHTINGS
 from .diffusion.samplers import SAMPLERS
+from .diffusion.schedules import SCHEDULES
 from .models import BACKBONES, DIT_PRESETS, UNET_PRESETS, DiTConfig, UNet3DConfig
 from .precision import PRECISIONS
 
@@ -46,7 +48,7 @@ MODEL_CONFIGS = {name: row.config for name, row in BACKBONES.items()}  # the `ba
 
 @dataclass
 class DiffusionConfig:
-    schedule: str = "cosine"  # cosine | shifted-cosine | ddpm-linear
+    schedule: str = "cosine"  # a kinema.diffusion.schedules.SCHEDULES name
     logsnr_min: float = -20.0
     logsnr_max: float = 20.0
     shift_resolution: float = 0.0  # shifted-cosine: working resolution d; shift 2 log(reference/d)
@@ -60,9 +62,9 @@ class DiffusionConfig:
         if not 0.0 <= self.frame_noise_correlation < 1.0:
             raise ConfigError("diffusion.frame_noise_correlation must lie in [0, 1); "
                               f"got {self.frame_noise_correlation}")
-        _choice("diffusion.schedule", self.schedule, ("cosine", "shifted-cosine", "ddpm-linear"))
-        _choice("diffusion.prediction", self.prediction, ("v", "eps", "x", "both"))
-        _choice("diffusion.weighting", self.weighting, ("auto", "v-mse", "eps-mse", "x-mse", "snr-trunc", "min-snr"))
+        _choice("diffusion.schedule", self.schedule, tuple(SCHEDULES))
+        _choice("diffusion.prediction", self.prediction, PREDICTIONS)
+        _choice("diffusion.weighting", self.weighting, WEIGHTINGS)
 
 
 @dataclass
@@ -189,7 +191,7 @@ RUN_PRESETS = {
     # The same data and budget with the spacetime transformer.
     "dit-tiny": RunConfig(name="dit-tiny", model=copy.deepcopy(DIT_PRESETS["dit-tiny"])),
     # `make demo` and the shipped `moving-digits` model: what the temporal-consistency ablations kept
-    # (benchmarks/temporal_ablations.py, README "Temporal consistency"). 16×16 frames with 8-pixel digits
+    # (benchmarks/temporal_ablations.py; benchmarks/RESULTS.md). 16×16 frames with 8-pixel digits
     # (4× fewer pixels per step), a temporal conv after every ResBlock, lr 1e-3, min-SNR weighting, and
     # class conditioning sampled with classifier-free guidance w = 1.
     "tiny16": RunConfig(

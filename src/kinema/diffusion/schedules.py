@@ -24,6 +24,7 @@ __all__ = [
     "DDPMLinearSchedule",
     "alpha_sigma_from_logsnr",
     "effective_resolution",
+    "SCHEDULES",
 ]
 
 
@@ -239,3 +240,7 @@ class DDPMLinearSchedule(Schedule):
     def __repr__(self) -> str:
         return (f"DDPMLinearSchedule(beta_start={self.beta_start}, beta_end={self.beta_end}, "
                 f"num_timesteps={self.num_timesteps})")
+
+
+# The names of `diffusion.schedule`: config validation reads them, `kinema.build.build_schedule` builds from them.
+SCHEDULES = {"cosine": CosineSchedule, "shifted-cosine": ShiftedCosineSchedule, "ddpm-linear": DDPMLinearSchedule}

@@ -33,10 +33,10 @@ Metrics, each a fraction in [0, 1] (higher is better) — see `OracleResult`:
   and the speed lies in the data's range: at least half the slowest speed, at most the fastest plus a pixel
   (clips of fewer than 3 frames are not judged). `jitter` is the centroid's measurement noise: a sample draws
   its digit a little differently in every frame, which moves the intensity-weighted centroid without moving the
-  digit. Redrawing real clips frame by frame with random blur, contrast and pixel noise
-  (`kinema.eval.corruptions.restyled`) moves a step's centroid by up to 0.25 px (99th percentile, 8×16×16
-  clips; 0.21 px at 32×32); the default 0.5 px is twice that. With no tolerance, 43% (16×16) and 50% (32×32) of
-  such redrawn real clips would count as implausible motion;
+  digit. The default is about twice the 99th percentile of how far redrawing real clips frame by frame with
+  random blur, contrast and pixel noise (`kinema.eval.corruptions.restyled`) moves a step's centroid; without
+  it, a large share of such redrawn real clips would count as implausible motion
+  (`benchmarks/oracle_validation.py`; benchmarks/RESULTS.md, "Oracle validation");
 * the oracle Fréchet distance (`clip_features`, `frechet`) between the Gaussians of per-clip features: the
   mean classifier embedding, how far the embedding moves from frame to frame, the centroid's speed and
   acceleration, and the digit count.

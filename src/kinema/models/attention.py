@@ -20,11 +20,10 @@ __all__ = ["SpatialAttention", "TemporalAttention", "RelativePositionBias", "tem
            "frame_attention_mask", "group_norm", "attention", "explicit_attention"]
 
 # Longest sequence that takes the explicit product instead of the fused kernel. The fused CPU kernel
-# processes queries in blocks of 32 or more, so shorter sequences waste most of each block. Measured by
-# benchmarks/attention.py on 2 CPU cores: with a backward pass in bf16/fp16 the explicit product was 1.6-7x
-# faster up to 64 tokens (and up to 128 in a first run), the fused kernel wins from 256 on; in fp32 the fused
-# backward is better from 16 tokens on; forward only, the explicit product wins up to 16 tokens in every
-# precision. Explicit scores are at most 128 x 128 per head, so memory is no concern.
+# processes queries in blocks of 32 or more, so shorter sequences waste most of each block. The thresholds are
+# where benchmarks/attention.py found the fused kernel to overtake the explicit product, by pass and precision
+# (benchmarks/RESULTS.md, "Attention kernels"). Explicit scores are at most 128 x 128 per head, so memory is no
+# concern.
 EXPLICIT_MAX_TOKENS_TRAIN_16BIT = 128
 EXPLICIT_MAX_TOKENS_TRAIN_FP32 = 8
 EXPLICIT_MAX_TOKENS_INFERENCE = 16
