@@ -370,7 +370,7 @@ def eval_command(run_or_checkpoint, num, weights, dataset, path, split, fvd_weig
     kinema eval runs/tiny --samples runs/tiny/samples.npz --num 16 --fvd-weights i3d_kinetics400.safetensors
     """
     from .eval.evaluation import evaluate
-    from .eval.rows import text_table
+    from .eval.rows import MetricRow, text_table
 
     reference = None
     if dataset is not None or path is not None:
@@ -384,16 +384,9 @@ def eval_command(run_or_checkpoint, num, weights, dataset, path, split, fvd_weig
     result, folder = evaluate(run_or_checkpoint, out, num=num, sample=sampling, weights=weights, reference=reference,
                               split=split, fvd_weights=fvd_weights, samples_file=samples_file, batch_size=batch_size,
                               label=label, progress=not quiet)
-    from .eval.rows import MetricRow
-
     rows = [MetricRow(**row) for row in result["metrics"]]
-    shown = [row for row in rows if not row.key.startswith("motion_fault/")]
-    if shown:
-        click.echo("\n".join(text_table(shown)))
-    faults = [f"{row.key.split('/', 1)[1]} {row.samples:.1%}" for row in rows
-              if row.key.startswith("motion_fault/") and row.samples]
-    if faults:
-        click.echo(f"implausible motion, by the first check failed: {', '.join(faults)}")
+    if rows:
+        click.echo("\n".join(text_table(rows)))
     for note in result["notes"]:
         click.echo(note)
     click.echo(f"wrote {folder / 'eval.json'} and {folder / 'eval.html'}")
