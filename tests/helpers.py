@@ -44,6 +44,27 @@ def frame_jacobian(model, z, out_frame, **kw):
     return z.grad.abs().sum(dim=(1, 3, 4))
 
 
+def excess_loss_probe(model, schedule, x, generator: torch.Generator):
+    """A function giving `model`'s v-loss above the Bayes optimum on `x`, at fixed times and at noise drawn now
+    from `generator` (which training then goes on drawing from)."""
+    from kinema.diffusion import diffusion_loss
+
+    g = generator
+    eval_t = torch.linspace(0.05, 0.95, 4)
+    eval_noise = [torch.randn(x.shape, generator=g) for _ in range(3)]
+    optimum = sum(bayes_optimal_v_loss(schedule, x, eval_t, n).mean() for n in eval_noise) / 3
+
+    def excess_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            value = sum(diffusion_loss(model, schedule, x, t=eval_t, noise=n).mean() for n in eval_noise) / 3
+        model.train()
+        return (value - optimum).item()
+
+    excess_loss.optimum = optimum
+    return excess_loss
+
+
 def bayes_optimal_v_loss(schedule, data, t, noise):
     """v-MSE of the exact E[x | z_t] for a dataset of len(data) clips: a softmax over the clips."""
     alpha, sigma = schedule.alpha_sigma(t)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from helpers import bayes_optimal_v_loss, frame_jacobian, moving_glyph_clips, randomize_zero_inits
+from helpers import excess_loss_probe, frame_jacobian, moving_glyph_clips, randomize_zero_inits
 from kinema.build import load_model
 from kinema.cli import main
 from kinema.config import RUN_PRESETS, ConfigError, RunConfig, apply_overrides, load_config, save_config
@@ -245,16 +245,8 @@ def test_dit_tiny_overfits_one_batch():
     schedule = CosineSchedule()
     x = moving_glyph_clips(4, 4, 16)
     g = torch.Generator().manual_seed(1)
-    eval_t = torch.linspace(0.05, 0.95, 4)
-    eval_noise = [torch.randn(x.shape, generator=g) for _ in range(3)]
-    optimum = sum(bayes_optimal_v_loss(schedule, x, eval_t, n).mean() for n in eval_noise) / 3
-
-    def excess_loss():
-        model.eval()
-        with torch.no_grad():
-            value = sum(diffusion_loss(model, schedule, x, t=eval_t, noise=n).mean() for n in eval_noise) / 3
-        model.train()
-        return (value - optimum).item()
+    excess_loss = excess_loss_probe(model, schedule, x, g)
+    optimum = excess_loss.optimum
 
     before = excess_loss()
     steps = 250

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers import bayes_optimal_v_loss, frame_jacobian, moving_glyph_clips, randomize_zero_inits
+from helpers import excess_loss_probe, frame_jacobian, moving_glyph_clips, randomize_zero_inits
 from kinema.diffusion import CosineSchedule, diffusion_loss
 from kinema.models import UNET_PRESETS, UNet3D, UNet3DConfig, temporal_attention_mask
 
@@ -190,16 +190,8 @@ def test_tiny_overfits_one_batch():
     schedule = CosineSchedule()
     x = moving_glyph_clips(4, 4, 16)
     g = torch.Generator().manual_seed(1)
-    eval_t = torch.linspace(0.05, 0.95, 4)
-    eval_noise = [torch.randn(x.shape, generator=g) for _ in range(3)]
-    optimum = sum(bayes_optimal_v_loss(schedule, x, eval_t, n).mean() for n in eval_noise) / 3
-
-    def excess_loss():
-        model.eval()
-        with torch.no_grad():
-            value = sum(diffusion_loss(model, schedule, x, t=eval_t, noise=n).mean() for n in eval_noise) / 3
-        model.train()
-        return (value - optimum).item()
+    excess_loss = excess_loss_probe(model, schedule, x, g)
+    optimum = excess_loss.optimum
 
     before = excess_loss()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.99))
