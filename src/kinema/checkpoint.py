@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -29,9 +30,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import RunConfig, apply_overrides, load_config, save_config
+from .config import ConfigError, RunConfig, apply_overrides, load_config, save_config
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "list_checkpoints", "load_state", "load_optimizer_state",
+__all__ = ["save_checkpoint", "CheckpointWriteError", "verify_checkpoint", "latest_intact_checkpoint",
+           "safetensors_problem", "latest_checkpoint", "list_checkpoints", "load_state", "load_optimizer_state",
            "load_weights", "read_step", "resolve_checkpoint", "rng_state_to_json", "rng_state_from_json", "PRETRAINED",
            "PRETRAINED_DIR", "pretrained_dir", "is_pretrained", "export_weights"]
 
@@ -58,12 +60,44 @@ def rng_state_from_json(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (no space, no permission, ...); earlier checkpoints are untouched."""
+
+
 def save_checkpoint(folder: Path, cfg: RunConfig, model: nn.Module, ema: nn.Module, optimizer_state: dict,
                     state: dict, keep: int) -> Path:
-    """Write checkpoint `folder/step_XXXXXX` atomically and keep only the newest `keep`."""
+    """Write checkpoint `folder/step_XXXXXX` atomically and keep only the newest `keep`.
+
+    The files go to a temporary folder, are fsynced, and the folder is renamed into place (and the rename fsynced),
+    so a crash leaves the complete checkpoint or none. A failed write removes its temporary folder, leaves every
+    earlier checkpoint as it was, and raises CheckpointWriteError naming the step and the cause. A damaged folder
+    of the same step (see `verify_checkpoint`) is moved aside to `step_XXXXXX.damaged`, never deleted.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step_{state['step']:06d}"
     tmp = folder / f".{final.name}.tmp-{os.getpid()}"
+    try:
+        _write_files(tmp, cfg, model, ema, optimizer_state, state)
+        if final.exists():
+            if verify_checkpoint(final):
+                os.replace(final, _free_name(final.with_name(final.name + ".damaged")))
+            else:
+                shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(folder)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        error = CheckpointWriteError(f"{final}: the checkpoint could not be written ({err.strerror or err}); "
+                                     "earlier checkpoints are untouched")
+        error.errno = err.errno
+        raise error from err
+    for old in list_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_files(tmp: Path, cfg: RunConfig, model: nn.Module, ema: nn.Module, optimizer_state: dict,
+                 state: dict) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -75,12 +109,89 @@ def save_checkpoint(folder: Path, cfg: RunConfig, model: nn.Module, ema: nn.Modu
     for f in tmp.iterdir():  # make the data durable before the rename publishes it
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(folder)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _free_name(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.name}.{n}"), n + 1
+    return candidate
+
+
+def safetensors_problem(file: Path) -> Optional[str]:
+    """Why a .safetensors file is unreadable (missing, truncated, a bad header), or None. Reads the header only:
+    an 8-byte length, a JSON table of tensors and their byte ranges, which must end exactly at the file's end."""
+    if not file.is_file():
+        return f"{file.name} is missing"
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as fh:
+            length = int.from_bytes(fh.read(8), "little")
+            if size < 8 or length > size - 8:
+                return f"{file.name} is truncated ({size} bytes, shorter than its header)"
+            header = json.loads(fh.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError):
+        return f"{file.name} has an unreadable header"
+    if 8 + length + end != size:
+        return f"{file.name} is truncated ({size} bytes; its header describes {8 + length + end})"
+    return None
+
+
+def verify_checkpoint(checkpoint: Path, training: bool = False) -> list[str]:
+    """What is wrong with a checkpoint folder (empty: intact). Checks that the files are present, the safetensors
+    headers match the file sizes, config.toml and state.json parse, and the step matches the folder's name;
+    `training=True` also asks for model.safetensors and a readable optimizer.pt. Loads no tensor."""
+    import zipfile
+
+    problems = []
+    try:
+        load_config(checkpoint / "config.toml")
+    except ConfigError as err:
+        problems.append(str(err).replace(f"{checkpoint}/", ""))
+    weights = ["ema", "model"] if training else [w for w in ("ema", "model")
+                                                if (checkpoint / f"{w}.safetensors").exists()] or ["ema"]
+    problems += [p for w in weights if (p := safetensors_problem(checkpoint / f"{w}.safetensors"))]
+    if training:
+        try:
+            zipfile.ZipFile(checkpoint / "optimizer.pt").close()
+        except (OSError, zipfile.BadZipFile) as err:
+            problems.append(f"optimizer.pt is unreadable ({err})")
+    state_file = checkpoint / "state.json"
+    if training or state_file.exists():
+        try:
+            step = json.loads(state_file.read_text()).get("step")
+        except (OSError, ValueError, AttributeError) as err:
+            problems.append(f"state.json is unreadable ({type(err).__name__})")
+        else:
+            m = _PATTERN.match(checkpoint.name)
+            if m and step != int(m.group(1)):
+                problems.append(f"state.json says step {step}, the folder's name step {int(m.group(1))}")
+    return problems
+
+
+def latest_intact_checkpoint(folder: Path, training: bool = False) -> tuple[Optional[Path], list[tuple[Path, list]]]:
+    """The newest checkpoint in `folder` that `verify_checkpoint` finds intact, and the (folder, problems) of every
+    newer damaged one, newest first. Nothing is deleted."""
+    damaged = []
+    for checkpoint in reversed(list_checkpoints(folder)):
+        problems = verify_checkpoint(checkpoint, training)
+        if not problems:
+            return checkpoint, damaged
+        damaged.append((checkpoint, problems))
+    return None, damaged
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -97,21 +208,34 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder, a run folder (its newest checkpoint), or the name of a shipped model
-    (`kinema.pretrained`, used only when no such path exists). Errors name the path."""
+    """A checkpoint folder, a run folder (its newest intact checkpoint), or the name of a shipped model
+    (`kinema.pretrained`, used only when no such path exists). A damaged checkpoint folder is an error that lists
+    what is wrong; in a run folder, damaged newer checkpoints are skipped with a warning naming each."""
     path = Path(path)
     if (path / "config.toml").is_file() and any((path / f"{w}.safetensors").is_file() for w in ("model", "ema")):
-        return path
-    newest = latest_checkpoint(path / "checkpoints")
+        return _intact(path)
+    newest, damaged = latest_intact_checkpoint(path / "checkpoints")
+    for folder, problems in damaged:
+        warnings.warn(f"skipping the damaged checkpoint {folder}: {'; '.join(problems)}", stacklevel=2)
     if newest is not None:
         return newest
+    if damaged:
+        raise FileNotFoundError(f"{path}: every checkpoint is damaged; the newest, {damaged[0][0].name}: "
+                                f"{'; '.join(damaged[0][1])}")
     if not path.exists():
         if str(path) in PRETRAINED:
-            return pretrained_dir(str(path))
+            return _intact(pretrained_dir(str(path)))
         raise FileNotFoundError(f"{path}: no such run or checkpoint folder, nor a shipped model "
                                 f"(shipped: {', '.join(PRETRAINED)})")
     raise FileNotFoundError(f"{path}: neither a checkpoint folder (config.toml + model.safetensors) "
                             "nor a run folder with checkpoints/")
+
+
+def _intact(checkpoint: Path) -> Path:
+    problems = verify_checkpoint(checkpoint)
+    if problems:
+        raise ValueError(f"{checkpoint}: damaged checkpoint: {'; '.join(problems)}")
+    return checkpoint
 
 
 def load_state(checkpoint: Path, model: Optional[nn.Module] = None, ema: Optional[nn.Module] = None,

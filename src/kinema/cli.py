@@ -137,9 +137,11 @@ def train(config_file, preset, name, out_dir, resume, quiet, overrides) -> None:
     kinema train                                    tiny preset on moving-digits -> runs/tiny/
     kinema train --name mine data.dataset=video-folder data.path=clips/ data.channels=3
     kinema train --resume --name mine               continue after an interruption
+    SIGTERM, SIGINT or SIGUSR1: checkpoint after this step, exit 75 (resume it)
     torchrun --nproc_per_node=4 -m kinema train --preset small   (same command, many processes)
     """
     from .config import load_config
+    from .train import EXIT_RESUMABLE
     from .train import train as run_training
 
     cfg = _run_config(config_file, preset, overrides)
@@ -155,6 +157,11 @@ def train(config_file, preset, name, out_dir, resume, quiet, overrides) -> None:
     result = run_training(cfg, run_dir, resume=resume, progress=not quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"trained {result.step} steps ({result.stopped_by}); checkpoint: {result.checkpoint}")
+    if result.stopped_by.startswith("signal"):
+        if int(os.environ.get("RANK", "0")) == 0:
+            click.echo(f"stopped by a {result.stopped_by[len('signal '):]}; resume with: kinema train --resume "
+                       f"--name {cfg.name} --out-dir {out_dir}")
+        raise SystemExit(EXIT_RESUMABLE)
 
 
 @main.command()

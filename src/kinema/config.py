@@ -35,7 +35,7 @@ else:  # pragma: no cover
 
 __all__ = ["DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig", "RunConfig", "RUN_PRESETS", "ModelConfig",
            "MODEL_CONFIGS", "ConfigError", "load_config", "save_config", "apply_overrides", "config_from_dict",
-           "config_to_dict", "with_sample"]
+           "config_to_dict", "with_sample", "changed_fields", "changes_shape"]
 
 
 class ConfigError(ValueError):
@@ -230,6 +230,31 @@ def with_sample(cfg: RunConfig, **changes: Any) -> RunConfig:
             raise ConfigError(f"sample.{row.noise_level} (the {name} sampler's noise level) does not apply to the "
                               f"{sample.sampler} sampler; got {row.noise_level}={given[row.noise_level]}")
     return dataclasses.replace(cfg, sample=sample)
+
+
+def changed_fields(old: RunConfig, new: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(section.field, old value, new value) for every field that differs, in section order."""
+    def flat(cfg) -> dict:
+        return {f"{section}.{key}": value for section, table in config_to_dict(cfg).items() if isinstance(table, dict)
+                for key, value in table.items()}
+
+    a, b = flat(old), flat(new)
+    return [(key, a.get(key), b.get(key)) for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key)]
+
+
+# Fields that may differ between a run and its resumption without changing what the network or a batch is.
+_SHAPE_FREE_MODEL_FIELDS = {"model.gradient_checkpointing", "model.dropout"}
+_SHAPE_FIELDS = {"diffusion.prediction", "data.frames", "data.height", "data.width", "data.channels",
+                 "data.images_per_video", "train.class_conditional", "train.text_conditional"}
+
+
+def changes_shape(field_name: str) -> bool:
+    """Whether changing `field_name` changes the network (its layers and their shapes, its inputs) or the shape of a
+    batch, so that a checkpoint cannot continue under it: every model field but dropout and gradient checkpointing,
+    the parameterization (output channels), the clip size, joint images, class and text conditioning."""
+    if field_name.startswith("model."):
+        return field_name not in _SHAPE_FREE_MODEL_FIELDS
+    return field_name in _SHAPE_FIELDS
 
 
 def _check_type(path: str, value: Any, annotation: Any) -> Any:

@@ -1,6 +1,10 @@
-"""Training: the loop (`train`) and the EMA of the weights. Checkpoint folders live in `kinema.checkpoint`."""
+"""Training: the loop (`train`), the EMA of the weights, the run lock, stopping on a signal, what to resume from.
+Checkpoint folders live in `kinema.checkpoint`."""
 
 from .ema import EMA
+from .lock import RunLock, RunLocked
+from .signals import EXIT_RESUMABLE, StopSignals
 from .trainer import TrainingError, TrainResult, learning_rate, train
 
-__all__ = ["train", "learning_rate", "TrainingError", "TrainResult", "EMA"]
+__all__ = ["train", "learning_rate", "TrainingError", "TrainResult", "EMA", "RunLock", "RunLocked", "StopSignals",
+           "EXIT_RESUMABLE"]

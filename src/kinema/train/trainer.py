@@ -13,7 +13,7 @@ import math
 import os
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..build import build_dataset, build_model, build_noise, build_schedule, resolve_model
 from ..checkpoint import (
-    latest_checkpoint,
+    CheckpointWriteError,
     load_optimizer_state,
     load_state,
     rng_state_from_json,
@@ -41,8 +41,11 @@ from ..diffusion import diffusion_loss
 from ..precision import autocast, resolve_precision
 from ..sample import generate
 from .ema import EMA
+from .lock import RunLock, RunLocked
+from .resume import check_resumable, checkpoint_to_resume
+from .signals import EXIT_RESUMABLE, StopSignals
 
-__all__ = ["train", "TrainingError", "TrainResult", "learning_rate"]
+__all__ = ["train", "TrainingError", "TrainResult", "learning_rate", "EXIT_RESUMABLE"]
 
 
 class TrainingError(RuntimeError):
@@ -54,7 +57,7 @@ class TrainResult:
     run_dir: Path
     step: int
     checkpoint: Optional[Path]
-    stopped_by: str  # "steps" | "time limit"
+    stopped_by: str  # "steps" | "time limit" | "signal SIGTERM" (or another stop signal): resumable
     model: Optional[nn.Module] = None  # the trained network (not the EMA) of this process
     ema: Optional[nn.Module] = None
 
@@ -157,13 +160,40 @@ def _micro_batch(cfg: RunConfig, world: int) -> int:
     return micro
 
 
-def _checkpoint_to_resume(run_dir: Path, resume: bool) -> Optional[Path]:
-    last = latest_checkpoint(run_dir / "checkpoints")
-    if resume and last is None:
-        raise FileNotFoundError(f"{run_dir}: nothing to resume (no checkpoints/step_* folder)")
-    if not resume and last is not None:
-        raise FileExistsError(f"{run_dir} already holds checkpoints; resume it with --resume, or choose another --name")
-    return last
+def _say(proc: _Process, message: str) -> None:
+    if proc.is_main:
+        tqdm.write(message)
+
+
+def _agree(proc: _Process, flags: list[float]) -> list[float]:
+    """Each flag raised on any rank, on every rank (one all-reduce; nothing to do alone)."""
+    if proc.world == 1:
+        return flags
+    tensor = torch.tensor(flags, device=proc.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+@contextmanager
+def _run_lock(run_dir: Path, proc: _Process):
+    """Rank 0 holds the run's lock while training; every rank stops if it cannot be had."""
+    lock, error = RunLock(run_dir), None
+    if proc.is_main:
+        try:
+            lock.acquire()
+        except RunLocked as err:
+            error = err
+    if _agree(proc, [float(error is not None)])[0] and error is None:
+        error = RunLocked(f"{run_dir}: rank 0 found the run locked by another trainer")
+    if error is not None:
+        raise error
+    if lock.previous:
+        _say(proc, f"took over the lock of {run_dir} left by pid {lock.previous.get('pid')} on host "
+                   f"{lock.previous.get('host')}, which has ended")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _generator_seed(cfg: RunConfig, rank: int, step: int = 0) -> int:
@@ -290,7 +320,8 @@ def _optimizer_step(cfg: RunConfig, state: _State, proc: _Process, batches: Iter
 
 
 def _save(cfg: RunConfig, run_dir: Path, state: _State, proc: _Process) -> Optional[Path]:
-    """Called on every rank: each contributes its RNG states; rank 0 writes the checkpoint."""
+    """Called on every rank: each contributes its RNG states; rank 0 writes the checkpoint. A failed write stops
+    every rank with a TrainingError naming the step reached and the last good checkpoint."""
     rng = {"generator": rng_state_to_json(state.generator.get_state()),
            "torch": rng_state_to_json(torch.get_rng_state())}
     if proc.device.type == "cuda":
@@ -299,24 +330,32 @@ def _save(cfg: RunConfig, run_dir: Path, state: _State, proc: _Process) -> Optio
     if proc.world > 1:
         per_rank = [None] * proc.world
         dist.all_gather_object(per_rank, rng)
-    if not proc.is_main:
-        return None
-    record = {"step": state.step, "batches": state.batches, "rng": {str(r): s for r, s in enumerate(per_rank)},
-              "precision": state.precision, "world_size": proc.world}
-    optimizer = {"optimizer": state.optimizer.state_dict(), "scaler": state.scaler.state_dict()}
-    return save_checkpoint(run_dir / "checkpoints", cfg, state.network, state.ema.model, optimizer, record,
-                           cfg.train.keep_checkpoints)
+    written, error = None, None
+    if proc.is_main:
+        record = {"step": state.step, "batches": state.batches, "rng": {str(r): s for r, s in enumerate(per_rank)},
+                  "precision": state.precision, "world_size": proc.world}
+        optimizer = {"optimizer": state.optimizer.state_dict(), "scaler": state.scaler.state_dict()}
+        try:
+            written = save_checkpoint(run_dir / "checkpoints", cfg, state.network, state.ema.model, optimizer, record,
+                                      cfg.train.keep_checkpoints)
+        except CheckpointWriteError as err:
+            error = err
+    if _agree(proc, [float(error is not None)])[0]:
+        kept = state.saved or "none was written"
+        raise TrainingError(f"stopped at step {state.step}: {error or 'rank 0 could not write the checkpoint'}; "
+                            f"the last good checkpoint is {kept}") from error
+    return written
 
 
-def _out_of_time(cfg: RunConfig, proc: _Process, start_time: float) -> bool:
-    """Whether train.time_limit_minutes has passed; under DDP every rank agrees (any rank's clock stops all)."""
+def _stop_reason(cfg: RunConfig, proc: _Process, start_time: float, signals: StopSignals) -> Optional[str]:
+    """Why training stops after this step, agreed by every rank: a stop signal on any rank, or
+    train.time_limit_minutes passed on any rank's clock; None to go on."""
     limit = cfg.train.time_limit_minutes
-    out = limit > 0 and time.time() - start_time > 60 * limit
-    if proc.world > 1 and limit > 0:
-        flag = torch.tensor(float(out), device=proc.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        out = bool(flag.item())
-    return out
+    out_of_time, signalled = _agree(proc, [float(limit > 0 and time.time() - start_time > 60 * limit),
+                                           float(signals.received is not None)])
+    if signalled:
+        return f"signal {signals.received or '(received by another rank)'}"
+    return "time limit" if out_of_time else None
 
 
 def _write_preview(cfg: RunConfig, run_dir: Path, state: _State, device: torch.device) -> None:
@@ -329,13 +368,23 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
           max_steps: Optional[int] = None) -> TrainResult:
     """Train `cfg` into `run_dir` (config.toml, metrics.jsonl, samples/, checkpoints/).
 
-    With `resume=True` training continues from the newest checkpoint in `run_dir`. `max_steps`
-    stops this call early (the run's target stays cfg.train.steps); it exists for tests and demos.
+    With `resume=True` training continues from the newest intact checkpoint in `run_dir`. SIGTERM, SIGINT or
+    SIGUSR1 stop it after the current step with a checkpoint (`stopped_by` "signal …"). `max_steps` stops this call
+    early (the run's target stays cfg.train.steps); it exists for tests and demos.
     """
     run_dir, proc, cfg = Path(run_dir), _distributed(), resolve_model(cfg)
-    tc = cfg.train
     _micro_batch(cfg, proc.world)
-    last = _checkpoint_to_resume(run_dir, resume)
+    with _run_lock(run_dir, proc), StopSignals() as signals:
+        last, notes = checkpoint_to_resume(run_dir, resume)
+        notes += check_resumable(cfg, last) if last is not None else []
+        for note in notes:
+            _say(proc, note)
+        return _train(cfg, run_dir, proc, last, signals, progress, max_steps)
+
+
+def _train(cfg: RunConfig, run_dir: Path, proc: _Process, last: Optional[Path], signals: StopSignals,
+           progress: bool, max_steps: Optional[int]) -> TrainResult:
+    tc = cfg.train
     state = _new_state(cfg, proc)
     if last is not None:
         _restore(state, last, cfg, proc)
@@ -347,7 +396,6 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
 
         text_encoder = TextEncoder()
     if proc.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.toml")
     log = _Log(run_dir, proc.is_main, state.step)
     end = tc.steps if max_steps is None else min(tc.steps, max_steps)
@@ -365,14 +413,14 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
                 log.write({"step": state.step, "loss": loss, "lr": state.optimizer.param_groups[0]["lr"],
                            "grad_norm": grad_norm, "steps_per_s": (state.step - start_step) / elapsed,
                            "elapsed_s": elapsed})
-            out_of_time = _out_of_time(cfg, proc, start_time)
-            if state.step % tc.checkpoint_every == 0 or state.step == end or out_of_time:
+            stop = _stop_reason(cfg, proc, start_time, signals)
+            if state.step % tc.checkpoint_every == 0 or state.step == end or stop:
                 state.saved = _save(cfg, run_dir, state, proc) or state.saved
             if proc.is_main and tc.sample_every > 0 and (state.step % tc.sample_every == 0 or state.step == end
-                                                         or out_of_time):
+                                                         or stop == "time limit"):
                 _write_preview(cfg, run_dir, state, proc.device)
-            if out_of_time:
-                stopped_by = "time limit"
+            if stop:
+                stopped_by = stop
                 break
     finally:
         bar.close()
