@@ -84,6 +84,14 @@ def main() -> None:
     kinema predict / extend / interpolate / upsample   conditional generation from a trained model
     kinema eval runs/tiny                 metrics of 256 samples against 256 held-out clips
     """
+    import warnings
+
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings meant for the user (a skipped file, a damaged checkpoint) as one line, without a source location."""
+    click.echo(f"warning: {message}", err=True)
 
 
 @main.command()

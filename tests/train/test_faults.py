@@ -231,6 +231,7 @@ def test_sampling_skips_a_damaged_newest_checkpoint_and_refuses_a_damaged_folder
     runner = CliRunner()
     result = runner.invoke(main, ["sample", str(run), "--num", "1", "--steps", "1", "--out", str(tmp_path / "s.npz")])
     assert result.exit_code == 0, result.output
+    assert f"warning: skipping the damaged checkpoint {bad}: ema.safetensors is truncated" in result.output
     result = runner.invoke(main, ["sample", str(bad), "--num", "1", "--steps", "1"])
     assert result.exit_code == 1 and "damaged checkpoint: ema.safetensors is truncated" in result.output
     (bad / "ema.safetensors").write_bytes((run / "checkpoints" / "step_000003" / "ema.safetensors").read_bytes())
