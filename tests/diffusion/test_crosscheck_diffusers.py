@@ -81,3 +81,29 @@ def test_schedule_alphas_match_diffusers():
     ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="linear")
     ours = DDPMLinearSchedule(1e-4, 0.02, T).alphas_cumprod
     torch.testing.assert_close(ours.float(), ref.alphas_cumprod, atol=1e-6, rtol=1e-5)
+
+
+def test_dpmpp_2m_trajectory_matches_diffusers_dpm_solver_multistep():
+    """A whole 10-step trajectory from the same noise, with the same deterministic denoiser (given to diffusers as
+    the v it implies), on the discrete linear-β schedule: diffusers' first-order first and final steps included."""
+    from kinema.diffusion.samplers import sample_dpmpp_2m
+
+    ref = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule="linear",
+                                                prediction_type="v_prediction", algorithm_type="dpmsolver++",
+                                                solver_order=2)
+    ref.set_timesteps(10)
+    schedule = DDPMLinearSchedule(1e-4, 0.02, T)
+
+    def x_hat(z, t):
+        return 0.8 * torch.tanh(z) + 0.1 * t.view(-1, *[1] * (z.ndim - 1)).to(z.dtype)
+
+    z0 = torch.randn(2, 3, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = z0.clone()
+    for timestep in ref.timesteps:
+        t = schedule.timestep_to_t(timestep).expand(z.shape[0])
+        alpha, sigma = (broadcast_like(c, z) for c in schedule.alpha_sigma(t))
+        v = (alpha * z - x_hat(z, t)) / sigma  # x = α z − σ v
+        z = ref.step(v, timestep, z).prev_sample
+    times = torch.cat([schedule.timestep_to_t(ref.timesteps), torch.zeros(1, dtype=torch.float64)])
+    ours = sample_dpmpp_2m(x_hat, z0, schedule, times=times)
+    torch.testing.assert_close(ours, z, atol=1e-5, rtol=1e-5)

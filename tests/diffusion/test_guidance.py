@@ -17,6 +17,7 @@ from kinema.diffusion import (
     area_downsample,
     sample_ancestral,
     sample_ddim,
+    sample_dpmpp_2m,
 )
 from kinema.diffusion import parameterization as P
 from kinema.diffusion.guidance import Thresholded, dynamic_threshold, static_threshold
@@ -61,6 +62,8 @@ def _conditional_samples(method_weight, positions, x_known, n=2000, sampler="ddi
                                  generator=torch.Generator().manual_seed(2))
     if sampler == "ddim":
         return sample_ddim(den, noise, SCHEDULE, 50, generator=gen, langevin_steps=langevin)
+    if sampler == "dpmpp-2m":  # its history holds the guided x̂ of each step
+        return sample_dpmpp_2m(den, noise, SCHEDULE, 25, generator=gen, langevin_steps=langevin)
     return sample_ancestral(den, noise, SCHEDULE, 100, gamma=0.0, generator=gen, langevin_steps=langevin)
 
 
@@ -100,7 +103,8 @@ def test_known_frames_are_honoured_ever_more_closely_as_t_goes_to_zero():
 
 
 # The best w_r depends on the sampler (measured: DDIM 5, ancestral 2; too large a w_r overshoots).
-@pytest.mark.parametrize("sampler,langevin,weight", [("ddim", 0, 5.0), ("ancestral", 0, 2.0), ("ancestral", 1, 2.0)])
+@pytest.mark.parametrize("sampler,langevin,weight", [("ddim", 0, 5.0), ("ancestral", 0, 2.0), ("ancestral", 1, 2.0),
+                                                     ("dpmpp-2m", 0, 5.0), ("dpmpp-2m", 1, 5.0)])
 def test_guided_sampling_works_with_every_sampler(sampler, langevin, weight):
     # Any subset of frames, not a prefix: first and last known, the middle is in-filled.
     positions, x_known = [0, 5], torch.tensor([1.0, -0.8], dtype=torch.float64)

@@ -19,9 +19,11 @@ from .samplers import (
     SamplerEntry,
     ancestral_step,
     ddim_step,
+    dpmpp_2m_step,
     langevin_step,
     sample_ancestral,
     sample_ddim,
+    sample_dpmpp_2m,
     time_grid,
 )
 from .schedules import (
@@ -36,7 +38,7 @@ __all__ = [
     "ClassifierFreeGuidance", "Conditioned", "Replacement", "ReconstructionGuidance", "SuperResolutionGuidance",
     "area_downsample", "Thresholded", "dynamic_threshold", "static_threshold",
     "diffusion_loss", "sample_times", "FrameNoise", "Denoiser", "loss_weight", "noise_level", "x_from_output",
-    "SAMPLERS", "SamplerEntry", "ancestral_step", "ddim_step", "langevin_step", "sample_ancestral", "sample_ddim",
-    "time_grid",
+    "SAMPLERS", "SamplerEntry", "ancestral_step", "ddim_step", "dpmpp_2m_step", "langevin_step", "sample_ancestral",
+    "sample_ddim", "sample_dpmpp_2m", "time_grid",
     "CosineSchedule", "DDPMLinearSchedule", "InterpolatedCosineSchedule", "Schedule", "ShiftedCosineSchedule",
 ]

@@ -32,6 +32,8 @@ __all__ = [
     "langevin_step",
     "sample_ddim",
     "sample_ancestral",
+    "dpmpp_2m_step",
+    "sample_dpmpp_2m",
     "GRIDS",
     "SAMPLERS",
     "SamplerEntry",
@@ -141,6 +143,33 @@ def ancestral_step(z: Tensor, x_hat: Tensor, t: float, s: float, schedule: Sched
     return mean + math.exp(0.5 * log_var) * noise
 
 
+def dpmpp_2m_step(z: Tensor, x_hat: Tensor, t: float, s: float, schedule: Schedule,
+                  previous: Optional[tuple[Tensor, float]] = None) -> Tensor:
+    """One DPM-Solver++(2M) step from t to s < t (spec A9b; Lu et al. 2022, Algorithm 2), in ℓ = λ/2 = log(α/σ).
+
+    z_s = (σ_s/σ_t) z_t − α_s (e^{−h} − 1) D with h = ℓ_s − ℓ_t, where D = x̂ without history (DDIM, first order)
+    and D = (1 + 1/(2r)) x̂ − x̂_prev/(2r), r = h_prev/h, given the previous step's `previous = (x̂_prev, h_prev)`.
+    The step into s = 0 returns x̂ (first order, as diffusers' final step to σ = 0).
+    """
+    if s <= 0.0:
+        return x_hat
+    a_t, s_t, l_t = _coefficients(schedule, torch.tensor(t, dtype=torch.float64))
+    a_s, s_s, l_s = _coefficients(schedule, torch.tensor(s, dtype=torch.float64))
+    h = 0.5 * (l_s - l_t)
+    d = x_hat
+    if previous is not None:
+        x_prev, h_prev = previous
+        r = h_prev / h
+        d = (1.0 + 0.5 / r) * x_hat - (0.5 / r) * x_prev
+    return (s_s / s_t) * z - (a_s * math.expm1(-h)) * d
+
+
+def half_logsnr_step(t: float, s: float, schedule: Schedule) -> float:
+    """h = ℓ_s − ℓ_t, ℓ = λ/2: the step size DPM-Solver measures its steps in."""
+    return 0.5 * float(schedule.logsnr(torch.tensor(s, dtype=torch.float64))
+                       - schedule.logsnr(torch.tensor(t, dtype=torch.float64)))
+
+
 def langevin_step(denoise: Denoise, z: Tensor, s: float, schedule: Schedule, delta: float = 0.1,
                   noise: Optional[Tensor] = None) -> Tensor:
     """VDM's Langevin corrector at time s (spec A2): z ← z - ½ δ σ_s ε̂(z) + sqrt(δ) σ_s ε'."""
@@ -237,6 +266,31 @@ def sample_ancestral(denoise: Denoise, noise: Tensor, schedule: Schedule, steps:
                    noise_sampler=draw)
 
 
+@torch.no_grad()
+def sample_dpmpp_2m(denoise: Denoise, noise: Tensor, schedule: Schedule, steps: Optional[int] = 20, *,
+                    grid: str = "uniform", times: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+                    callback: Optional[Callback] = None, progress: bool = False, langevin_steps: int = 0,
+                    langevin_delta: float = 0.1, noise_sampler: Optional[NoiseSampler] = None) -> Tensor:
+    """DPM-Solver++(2M) (spec A9b): deterministic, second order in ℓ = λ/2, one network call per step.
+
+    The first step has no history and is first order (DDIM); so is the step into t = 0. The history is the x̂
+    of the previous *solver* step: a Langevin corrector step in between (if any) moves z but not the history, and
+    guidance wrappers, being part of the denoiser, are part of every x̂ the history holds. `generator` and
+    `noise_sampler` serve the corrector only.
+    """
+    history: list = []  # [(x̂, h)] of the previous step
+
+    def step(z, x_hat, t, s, gen):
+        z_next = dpmpp_2m_step(z, x_hat, t, s, schedule, history[-1] if history else None)
+        history[:] = [(x_hat, half_logsnr_step(t, s, schedule))] if s > 0 else []
+        return z_next
+
+    return _sample(step, denoise, noise, schedule, _resolve_times(steps, times, grid, schedule),
+                   generator=generator, callback=callback, progress=progress, langevin_steps=langevin_steps,
+                   langevin_delta=langevin_delta, description="DPM-Solver++(2M)", noise_sampler=noise_sampler
+                   or randn_like)
+
+
 class SamplerEntry(NamedTuple):
     """A `SAMPLERS` row: the solver, and the keyword (a `SampleConfig` field of the same name) that sets its noise
     level, or None for a deterministic solver. Every solver takes (denoise, noise, schedule, steps) and the
@@ -250,4 +304,5 @@ class SamplerEntry(NamedTuple):
 SAMPLERS = {
     "ddim": SamplerEntry(sample_ddim, "eta"),
     "ancestral": SamplerEntry(sample_ancestral, "gamma"),
+    "dpmpp-2m": SamplerEntry(sample_dpmpp_2m, None),
 }
