@@ -27,6 +27,7 @@ from kinema.checkpoint import list_checkpoints, verify_checkpoint
 from kinema.cli import main
 from kinema.config import ConfigError
 from kinema.train import EXIT_RESUMABLE, RunLock, TrainingError, train
+from kinema.train.resume import checkpoint_to_resume
 
 
 def _weights(ckpt: Path, kind: str = "model") -> dict:
@@ -205,6 +206,8 @@ def test_a_damaged_newest_checkpoint_is_reported_and_resume_falls_back_to_the_ne
     train(cfg, tmp_path / "run", progress=False)
     ckpts = tmp_path / "run" / "checkpoints"
     _truncate(ckpts / "step_000006" / "model.safetensors")
+    last, notes = checkpoint_to_resume(tmp_path / "run", resume=True)  # one damaged: back one checkpoint
+    assert last.name == "step_000004" and notes[-1] == "resuming from step_000004 instead: 2 step(s) to train again"
     (ckpts / "step_000004" / "state.json").write_text("{not json")
     for training in (False, True):
         assert "model.safetensors is truncated" in verify_checkpoint(ckpts / "step_000006", training=training)[0]
