@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .checkpoint import load_weights, resolve_checkpoint
@@ -85,8 +86,29 @@ def load_model(checkpoint: str | Path, weights: str = "ema",
     """Rebuild a run's network from a checkpoint folder alone (config.toml + safetensors), a run folder,
     or a shipped model's name (see `kinema.checkpoint.resolve_checkpoint`)."""
     path = resolve_checkpoint(checkpoint)
-    state = load_weights(path, weights, device)
+    file = path / f"{weights}.safetensors"
+    try:
+        state = load_weights(path, weights, device)
+    except SafetensorError as err:  # a truncated or corrupt file
+        raise ValueError(f"{file}: cannot read the weights ({err})") from err
     cfg = load_config(path / "config.toml")
     model = build_model(cfg).to(device)
+    _check_weights(file, state, model.state_dict())
     model.load_state_dict(state)  # load_state_dict casts: half-precision exports load into the fp32 network
     return cfg, model.eval()
+
+
+def _check_weights(file: Path, saved: dict, expected: dict, shown: int = 3) -> None:
+    """Refuse weights whose names or shapes differ from the network's, naming the file and a few tensors."""
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:shown]) + (f", … ({len(names) - shown} more)" if len(names) > shown else "")
+
+    problems = [(what, names) for what, names in (
+        ("missing", [k for k in expected if k not in saved]),
+        ("unexpected", [k for k in saved if k not in expected]),
+        ("shape mismatch", [f"{k} (saved {list(saved[k].shape)}, network {list(v.shape)})"
+                            for k, v in expected.items() if k in saved and saved[k].shape != v.shape]),
+    ) if names]
+    if problems:
+        raise ValueError(f"{file}: the tensors do not fit the network config.toml describes: "
+                         + "; ".join(f"{what} {len(names)}: {few(names)}" for what, names in problems))
