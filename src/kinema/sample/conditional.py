@@ -43,6 +43,8 @@ def check_clip(video: Tensor, cfg: RunConfig, what: str = "context clip", spatia
         video = video[None]
     if video.ndim != 5:
         raise ValueError(f"{what} must have shape (B, C, F, H, W) or (C, F, H, W); got {tuple(video.shape)}")
+    if video.numel() == 0:
+        raise ValueError(f"{what} holds no frames; its shape (B, C, F, H, W) is {tuple(video.shape)}")
     d = cfg.data
     if video.shape[1] != d.channels:
         raise ValueError(f"{what} has {video.shape[1]} channels, but the model was trained on {d.channels}")
