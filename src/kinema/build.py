@@ -64,10 +64,24 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, model=model)
 
 
+MAX_PARAMETERS = 10**10  # a bound against typos (model.base_channels=100000): 40 GB as float32; largest preset 1.2e9
+
+
 def build_model(cfg: RunConfig) -> nn.Module:
-    """The run's network, of the class `BACKBONES[model.backbone]` names."""
+    """The run's network, of the class `BACKBONES[model.backbone]` names; one of more than `MAX_PARAMETERS`
+    parameters is refused, counted on the meta device before anything is allocated."""
     model = resolve_model(cfg).model
-    return BACKBONES[model.backbone].network(model)
+    network = BACKBONES[model.backbone].network
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in network(model).parameters())
+    except RuntimeError as err:  # sizes beyond what a tensor can have
+        reason = str(err).strip().partition("\n")[0]
+        raise ValueError(f"model: cannot build {model.summary()} ({reason})") from err
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"model: {model.summary()} has {count:,} parameters ({count * 4 / 1e9:,.0f} GB as float32), "
+                         f"more than the {MAX_PARAMETERS:,} kinema builds; check the model section's sizes")
+    return network(model)
 
 
 def build_dataset(cfg: DataConfig, split: str = "train", progress: bool = True):
