@@ -61,6 +61,8 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         _check_finite("diffusion", self)
+        if not self.reference_resolution > 0:
+            raise ConfigError(f"diffusion.reference_resolution must be positive; got {self.reference_resolution}")
         if not 0.0 <= self.frame_noise_correlation < 1.0:
             raise ConfigError("diffusion.frame_noise_correlation must lie in [0, 1); "
                               f"got {self.frame_noise_correlation}")
@@ -96,6 +98,9 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be positive; got {getattr(self, name)}")
         if self.channels not in (1, 3):
             raise ConfigError(f"data.channels must be 1 or 3; got {self.channels}")
+        for name in ("images_per_video", "num_workers", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name} must be 0 or more; got {getattr(self, name)}")
         # Bounds against typos (an extra zero or two), checked before anything is allocated.
         for name, limit in (("frames", MAX_FRAMES), ("height", MAX_SIDE), ("width", MAX_SIDE)):
             if getattr(self, name) > limit:
@@ -202,11 +207,23 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
+    def __post_init__(self) -> None:
+        d, t = self.data, self.train
+        clips = -(-t.batch_size // t.grad_accum)  # one process's micro-batch
+        elements = clips * d.frames * d.height * d.width * d.channels
+        if elements > MAX_BATCH_ELEMENTS:
+            raise ConfigError(f"train.batch_size: {clips:,} clips (train.batch_size={t.batch_size} / train.grad_accum="
+                              f"{t.grad_accum}) of {d.frames}×{d.height}×{d.width}×{d.channels} = {elements:,} "
+                              f"elements would need {elements * 4 / 2**30:,.0f} GiB as float32 on one process, more "
+                              f"than the {MAX_BATCH_ELEMENTS:,} elements ({MAX_BATCH_ELEMENTS * 4 // 2**30} GiB) a "
+                              "micro-batch may have; reduce train.batch_size or raise train.grad_accum")
+
 
 # data: the largest clip accepted (bounds against typos, checked before anything is allocated); generous on purpose
 MAX_FRAMES = 65536
 MAX_SIDE = 16384
 MAX_CLIP_ELEMENTS = 2**31  # frames × height × width × channels: 8 GiB per clip as float32
+MAX_BATCH_ELEMENTS = 2**34  # a micro-batch of clips: 64 GiB as float32
 
 
 def _check_finite(section: str, cfg) -> None:
