@@ -36,7 +36,7 @@ else:  # pragma: no cover
 
 __all__ = ["DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig", "RunConfig", "RUN_PRESETS", "ModelConfig",
            "MODEL_CONFIGS", "ConfigError", "load_config", "save_config", "apply_overrides", "config_from_dict",
-           "config_to_dict", "with_sample"]
+           "config_to_dict", "with_sample", "MAX_FRAMES", "MAX_SIDE", "MAX_CLIP_ELEMENTS", "MAX_BATCH_ELEMENTS"]
 
 
 class ConfigError(ValueError):
