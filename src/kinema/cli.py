@@ -234,7 +234,7 @@ def _write(videos, cfg, outs, fps, default: str) -> None:
 
     frames = to_uint8(videos)
     for out in outs or (default,):
-        written = write_videos(frames, out, fps=fps or cfg.sample.fps, scale=2)
+        written = write_videos(frames, out, fps=cfg.sample.fps if fps is None else fps, scale=2)
         click.echo(f"wrote {len(videos)} videos of {videos.shape[2]} frames to "
                    f"{written[0] if len(written) == 1 else Path(out)}")
 

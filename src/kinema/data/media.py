@@ -187,6 +187,8 @@ def write_videos(videos: np.ndarray, path: str | os.PathLike, fps: float = 8.0, 
     path = Path(path)
     if videos.ndim != 5 or videos.dtype != np.uint8:
         raise ValueError(f"videos must be uint8 (N, F, H, W, C); got {videos.dtype} {videos.shape}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps (frames per second) must be a positive number; got {fps}")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".npz":
