@@ -200,6 +200,8 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
     """
     if num < 2:
         raise ValueError(f"--num must be at least 2 (a covariance needs two clips); got {num}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1; got {batch_size}")
     if fvd_weights is not None and not Path(fvd_weights).is_file():
         raise FileNotFoundError(f"{fvd_weights}: no such I3D weights file (--fvd-weights)")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
