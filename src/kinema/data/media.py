@@ -70,8 +70,10 @@ def read_npz(path: str | os.PathLike) -> np.ndarray:
         raise
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a damaged archive
         raise ValueError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from err
-    if videos.ndim != 5 or videos.dtype != np.uint8:
-        raise ValueError(f"{path}: 'videos' must be uint8 (N, F, H, W, C); got {videos.dtype} {videos.shape}")
+    if videos.ndim != 5:
+        raise ValueError(f"{path}: 'videos' must have 5 dimensions (N, F, H, W, C); got shape {videos.shape}")
+    if videos.dtype != np.uint8:
+        raise ValueError(f"{path}: 'videos' must be uint8 (values 0-255); got {videos.dtype}")
     if videos.size == 0:
         raise ValueError(f"{path}: 'videos' holds no frames; its shape (N, F, H, W, C) is {videos.shape}")
     return videos
