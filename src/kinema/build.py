@@ -9,9 +9,10 @@ import dataclasses
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from .checkpoint import load_weights, resolve_checkpoint
+from .checkpoint import check_weights, load_weights, resolve_checkpoint
 from .config import DataConfig, DiffusionConfig, RunConfig, load_config
 from .data import DATASETS, ImageFolder, JointImageVideo
 from .diffusion import CosineSchedule, FrameNoise, Schedule, ShiftedCosineSchedule
@@ -63,10 +64,24 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, model=model)
 
 
+MAX_PARAMETERS = 10**10  # a bound against typos (model.base_channels=100000): 40 GB as float32; largest preset 1.2e9
+
+
 def build_model(cfg: RunConfig) -> nn.Module:
-    """The run's network, of the class `BACKBONES[model.backbone]` names."""
+    """The run's network, of the class `BACKBONES[model.backbone]` names; one of more than `MAX_PARAMETERS`
+    parameters is refused, counted on the meta device before anything is allocated."""
     model = resolve_model(cfg).model
-    return BACKBONES[model.backbone].network(model)
+    network = BACKBONES[model.backbone].network
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in network(model).parameters())
+    except RuntimeError as err:  # sizes beyond what a tensor can have
+        reason = str(err).strip().partition("\n")[0]
+        raise ValueError(f"model: cannot build {model.summary()} ({reason})") from err
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"model: {model.summary()} has {count:,} parameters ({count * 4 / 1e9:,.0f} GB as float32), "
+                         f"more than the {MAX_PARAMETERS:,} kinema builds; check the model section's sizes")
+    return network(model)
 
 
 def build_dataset(cfg: DataConfig, split: str = "train", progress: bool = True):
@@ -85,8 +100,13 @@ def load_model(checkpoint: str | Path, weights: str = "ema",
     """Rebuild a run's network from a checkpoint folder alone (config.toml + safetensors), a run folder,
     or a shipped model's name (see `kinema.checkpoint.resolve_checkpoint`)."""
     path = resolve_checkpoint(checkpoint)
-    state = load_weights(path, weights, device)
+    file = path / f"{weights}.safetensors"
+    try:
+        state = load_weights(path, weights, device)
+    except SafetensorError as err:  # a truncated or corrupt file
+        raise ValueError(f"{file}: cannot read the weights ({err})") from err
     cfg = load_config(path / "config.toml")
     model = build_model(cfg).to(device)
+    check_weights(file, state, model.state_dict())
     model.load_state_dict(state)  # load_state_dict casts: half-precision exports load into the fp32 network
     return cfg, model.eval()

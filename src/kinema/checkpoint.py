@@ -35,7 +35,7 @@ from .config import ConfigError, RunConfig, apply_overrides, load_config, save_c
 __all__ = ["save_checkpoint", "CheckpointWriteError", "verify_checkpoint", "latest_intact_checkpoint",
            "safetensors_problem", "latest_checkpoint", "list_checkpoints", "load_state", "load_optimizer_state",
            "load_weights", "read_step", "resolve_checkpoint", "rng_state_to_json", "rng_state_from_json", "PRETRAINED",
-           "PRETRAINED_DIR", "pretrained_dir", "is_pretrained", "export_weights"]
+           "PRETRAINED_DIR", "pretrained_dir", "is_pretrained", "export_weights", "check_weights"]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
@@ -174,7 +174,7 @@ def verify_checkpoint(checkpoint: Path, training: bool = False) -> list[str]:
         try:
             step = json.loads(state_file.read_text()).get("step")
         except (OSError, ValueError, AttributeError) as err:
-            problems.append(f"state.json is unreadable ({type(err).__name__})")
+            problems.append(f"state.json is not valid JSON with the step in it ({type(err).__name__})")
         else:
             m = _PATTERN.match(checkpoint.name)
             if m and step != int(m.group(1)):
@@ -238,15 +238,33 @@ def _intact(checkpoint: Path) -> Path:
     return checkpoint
 
 
+def check_weights(file: Path, saved: dict, expected: dict, shown: int = 3) -> None:
+    """Refuse weights whose names or shapes differ from the network's, naming the file and a few tensors."""
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:shown]) + (f", … ({len(names) - shown} more)" if len(names) > shown else "")
+
+    problems = [(what, names) for what, names in (
+        ("missing", [k for k in expected if k not in saved]),
+        ("unexpected", [k for k in saved if k not in expected]),
+        ("shape mismatch", [f"{k} (saved {list(saved[k].shape)}, network {list(v.shape)})"
+                            for k, v in expected.items() if k in saved and saved[k].shape != v.shape]),
+    ) if names]
+    if problems:
+        raise ValueError(f"{file}: the tensors do not fit the network config.toml describes: "
+                         + "; ".join(f"{what} {len(names)}: {few(names)}" for what, names in problems))
+
+
 def load_state(checkpoint: Path, model: Optional[nn.Module] = None, ema: Optional[nn.Module] = None,
                device: str | torch.device = "cpu") -> tuple[RunConfig, dict]:
     """Load config and state.json, and the weights into the given modules. Never unpickles arbitrary objects."""
     cfg = load_config(checkpoint / "config.toml")
     state = json.loads((checkpoint / "state.json").read_text()) if (checkpoint / "state.json").is_file() else {}
-    if model is not None:
-        model.load_state_dict(load_file(str(checkpoint / "model.safetensors"), device=str(device)))
-    if ema is not None:
-        ema.load_state_dict(load_file(str(checkpoint / "ema.safetensors"), device=str(device)))
+    for module, name in ((model, "model"), (ema, "ema")):
+        if module is not None:
+            file = checkpoint / f"{name}.safetensors"
+            weights = load_file(str(file), device=str(device))
+            check_weights(file, weights, module.state_dict())
+            module.load_state_dict(weights)
     return cfg, state
 
 

@@ -86,12 +86,12 @@ def main() -> None:
     """
     import warnings
 
-    warnings.showwarning = _show_warning
+    warnings.formatwarning = _format_warning
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _format_warning(message, category, filename, lineno, line=None) -> str:
     """Warnings meant for the user (a skipped file, a damaged checkpoint) as one line, without a source location."""
-    click.echo(f"warning: {message}", err=True)
+    return f"warning: {message}\n"
 
 
 @main.command()
@@ -249,7 +249,7 @@ def _write(videos, cfg, outs, fps, default: str) -> None:
 
     frames = to_uint8(videos)
     for out in outs or (default,):
-        written = write_videos(frames, out, fps=fps or cfg.sample.fps, scale=2)
+        written = write_videos(frames, out, fps=cfg.sample.fps if fps is None else fps, scale=2)
         click.echo(f"wrote {len(videos)} videos of {videos.shape[2]} frames to "
                    f"{written[0] if len(written) == 1 else Path(out)}")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ else:  # pragma: no cover
 
 __all__ = ["DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig", "RunConfig", "RUN_PRESETS", "ModelConfig",
            "MODEL_CONFIGS", "ConfigError", "load_config", "save_config", "apply_overrides", "config_from_dict",
-           "config_to_dict", "with_sample", "changed_fields", "changes_shape"]
+           "config_to_dict", "with_sample", "changed_fields", "changes_shape", "MAX_FRAMES", "MAX_SIDE",
+           "MAX_CLIP_ELEMENTS", "MAX_BATCH_ELEMENTS"]
 
 
 class ConfigError(ValueError):
@@ -59,6 +61,9 @@ class DiffusionConfig:
     frame_noise_correlation: float = 0.0  # ρ: ε shares a component √ρ across a video's frames (FrameNoise)
 
     def __post_init__(self) -> None:
+        _check_finite("diffusion", self)
+        if not self.reference_resolution > 0:
+            raise ConfigError(f"diffusion.reference_resolution must be positive; got {self.reference_resolution}")
         if not 0.0 <= self.frame_noise_correlation < 1.0:
             raise ConfigError("diffusion.frame_noise_correlation must lie in [0, 1); "
                               f"got {self.frame_noise_correlation}")
@@ -87,12 +92,28 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_finite("data", self)
         _choice("data.dataset", self.dataset, tuple(DATASETS))
         for name in ("frames", "height", "width", "stride", "digit_size", "num_digits"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be positive; got {getattr(self, name)}")
         if self.channels not in (1, 3):
             raise ConfigError(f"data.channels must be 1 or 3; got {self.channels}")
+        for name in ("images_per_video", "num_workers", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name} must be 0 or more; got {getattr(self, name)}")
+        # Bounds against typos (an extra zero or two), checked before anything is allocated.
+        for name, limit in (("frames", MAX_FRAMES), ("height", MAX_SIDE), ("width", MAX_SIDE)):
+            if getattr(self, name) > limit:
+                raise ConfigError(f"data.{name} must be at most {limit} (a bound against typos: no clip that large "
+                                  f"could be allocated); got {getattr(self, name)}")
+        elements = self.frames * self.height * self.width * self.channels
+        if elements > MAX_CLIP_ELEMENTS:
+            raise ConfigError(f"data: a clip of {self.frames}×{self.height}×{self.width}×{self.channels} "
+                              f"(frames×height×width×channels) = {elements:,} elements would need "
+                              f"{elements * 4 / 2**30:.0f} GiB as float32, more than the {MAX_CLIP_ELEMENTS:,} "
+                              f"elements ({MAX_CLIP_ELEMENTS * 4 // 2**30} GiB) a clip may have; "
+                              "reduce data.frames, data.height or data.width")
 
 
 @dataclass
@@ -122,11 +143,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        _check_finite("train", self)
         _choice("train.precision", self.precision, PRECISIONS)
         for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints",
                      "sample_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be positive; got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be positive; got {self.lr}")
+        for name in ("warmup_steps", "sample_every", "weight_decay", "grad_clip", "time_limit_minutes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be 0 or more; got {getattr(self, name)}")
+        for i, beta in enumerate(self.betas):
+            if not 0 <= beta < 1:
+                raise ConfigError(f"train.betas[{i}] must lie in [0, 1); got {beta}")
         if not 0 <= self.decay_steps <= self.steps:
             raise ConfigError(f"train.decay_steps must lie in [0, train.steps = {self.steps}]; got {self.decay_steps}")
         if not 0 <= self.ema_decay < 1:
@@ -152,6 +182,7 @@ class SampleConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto: the network's autocast format while sampling
 
     def __post_init__(self) -> None:
+        _check_finite("sample", self)
         _choice("sample.sampler", self.sampler, tuple(SAMPLERS))
         if self.steps < 1:
             raise ConfigError(f"sample.steps must be positive; got {self.steps}")
@@ -176,6 +207,34 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        d, t = self.data, self.train
+        clips = -(-t.batch_size // t.grad_accum)  # one process's micro-batch
+        elements = clips * d.frames * d.height * d.width * d.channels
+        if elements > MAX_BATCH_ELEMENTS:
+            raise ConfigError(f"train.batch_size: {clips:,} clips (train.batch_size={t.batch_size} / train.grad_accum="
+                              f"{t.grad_accum}) of {d.frames}×{d.height}×{d.width}×{d.channels} = {elements:,} "
+                              f"elements would need {elements * 4 / 2**30:,.0f} GiB as float32 on one process, more "
+                              f"than the {MAX_BATCH_ELEMENTS:,} elements ({MAX_BATCH_ELEMENTS * 4 // 2**30} GiB) a "
+                              "micro-batch may have; reduce train.batch_size or raise train.grad_accum")
+
+
+# data: the largest clip accepted (bounds against typos, checked before anything is allocated); generous on purpose
+MAX_FRAMES = 65536
+MAX_SIDE = 16384
+MAX_CLIP_ELEMENTS = 2**31  # frames × height × width × channels: 8 GiB per clip as float32
+MAX_BATCH_ELEMENTS = 2**34  # a micro-batch of clips: 64 GiB as float32
+
+
+def _check_finite(section: str, cfg) -> None:
+    """Refuse NaN and ±inf in any float field (or tuple of floats) of a config section, naming the field."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for i, item in enumerate(value) if isinstance(value, tuple) else ((None, value),):
+            if isinstance(item, float) and not math.isfinite(item):
+                index = "" if i is None else f"[{i}]"
+                raise ConfigError(f"{section}.{f.name}{index} must be a finite number; got {item!r}")
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -287,7 +346,13 @@ def _check_type(path: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number; got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float's range
+            raise ConfigError(f"{path} must be a finite number; got an integer of {len(str(value))} digits") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{path} must be a finite number; got {value!r}")
+        return number
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path} must be a string; got {value!r}")
@@ -307,6 +372,10 @@ def _unknown(path: str, key: str, known, cls) -> ConfigError:
                                f"{cls.backbone!r} (set {path}backbone={name} to switch)")
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f" (did you mean {path + close[0]!r}?)" if close else ""
+    if cls is RunConfig:
+        sections = [name for name, annotation in _fields(RunConfig).items() if annotation is not str]
+        return ConfigError(f"unknown section {key!r}{hint}; a run config has the sections {', '.join(sections)} "
+                           "and the field name")
     return ConfigError(f"unknown field {path + key!r}{hint}")
 
 
@@ -368,6 +437,10 @@ def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a TOML file (not UTF-8 text: {err.reason} at byte {err.start})") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from err
     try:

@@ -137,9 +137,11 @@ class ImageFolder(Dataset):
         for path in tqdm(files, desc=f"reading {self.root}", disable=not progress, leave=False):
             try:
                 image = np.asarray(iio.imread(path))
-            except Exception as err:
-                warnings.warn(f"skipping {path}: cannot read image ({err})", stacklevel=2)
-                self.skipped.append((path, str(err)))
+            except Exception as err:  # Pillow and imageio raise many kinds, some over several lines: keep the first
+                first_line = str(err).strip().partition("\n")[0]
+                reason = f"{path}: cannot read image ({type(err).__name__}: {first_line})"
+                warnings.warn(f"skipping {reason}", stacklevel=2)
+                self.skipped.append((path, reason))
                 continue
             if image.ndim == 2:
                 image = image[..., None]
@@ -148,7 +150,8 @@ class ImageFolder(Dataset):
             image = image.astype(np.uint8)
             self.images.append(fit_frames(image[None], height, width))
         if not self.images:
-            raise ValueError(f"{self.root}: none of {len(files)} image file(s) could be read")
+            problems = "; ".join(reason for _, reason in self.skipped)
+            raise ValueError(f"{self.root}: none of {len(files)} image file(s) could be read: {problems}")
 
     def summary(self) -> str:
         return f"{self.root}: {len(self.images)} image(s), {len(self.skipped)} skipped"

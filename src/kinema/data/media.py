@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -15,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "read_video", "read_clips", "fit_frames", "to_uint8", "tile_videos",
-           "write_videos", "frame_strip"]
+__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "read_video", "read_npz", "read_clips", "fit_frames", "to_uint8",
+           "tile_videos", "write_videos", "frame_strip"]
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif", ".avi", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -26,24 +28,55 @@ def read_video(path: str | os.PathLike, max_frames: Optional[int] = None) -> np.
     """Decode a video file to uint8 RGB frames (F, H, W, 3). Raises ValueError naming the file."""
     import av
 
-    frames = []
+    frames, streams = [], True
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    except ValueError:
-        raise
-    except Exception as err:  # PyAV raises a family of FFmpeg errors; name the file either way
-        raise ValueError(f"{path}: cannot decode video ({type(err).__name__}: {err})") from err
+            streams = bool(container.streams.video)
+            if streams:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                    if max_frames is not None and len(frames) >= max_frames:
+                        break
+    except Exception as err:  # PyAV's FFmpeg errors (ValueErrors that may not name the file): name it, one line
+        reason = getattr(err, "strerror", None) or f"{type(err).__name__}: {err}"
+        raise ValueError(f"{path}: cannot decode video ({reason})") from err
+    if not streams:
+        raise ValueError(f"{path}: no video stream")
     if not frames:
         raise ValueError(f"{path}: the video has no frames")
     return np.stack(frames)
+
+
+def read_npz(path: str | os.PathLike) -> np.ndarray:
+    """The uint8 array 'videos' (N, F, H, W, C) of an .npz file as `kinema sample --out X.npz` writes it, with at
+    least one frame. Never unpickles: an object array is refused. Raises ValueError naming the file and the fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable .npz file (not a zip archive, as np.savez writes)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "videos" not in data:
+                raise ValueError(f"{path}: expected an array named 'videos' (N, F, H, W, C); found {sorted(data)}")
+            try:
+                videos = data["videos"]
+            except ValueError as err:  # an object array: numpy refuses to unpickle it
+                raise ValueError(f"{path}: cannot read 'videos' as a plain array ({err}); kinema reads uint8 "
+                                 "(N, F, H, W, C) arrays and never unpickles an object array") from err
+    except ValueError:
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a damaged archive
+        raise ValueError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from err
+    if videos.ndim != 5:
+        raise ValueError(f"{path}: 'videos' must have 5 dimensions (N, F, H, W, C); got shape {videos.shape}")
+    if videos.dtype != np.uint8:
+        raise ValueError(f"{path}: 'videos' must be uint8 (values 0-255); got {videos.dtype}")
+    if videos.size == 0:
+        raise ValueError(f"{path}: 'videos' holds no frames; its shape (N, F, H, W, C) is {videos.shape}")
+    return videos
 
 
 def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -76,15 +109,7 @@ def read_clips(path: str | os.PathLike, channels: int, size: Optional[tuple[int,
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix.lower() == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            if "videos" not in data:
-                raise ValueError(f"{path}: expected an array named 'videos' (N, F, H, W, C); found {sorted(data)}")
-            videos = data["videos"]
-        if videos.ndim != 5 or videos.dtype != np.uint8:
-            raise ValueError(f"{path}: 'videos' must be uint8 (N, F, H, W, C); got {videos.dtype} {videos.shape}")
-    else:
-        videos = read_video(path)[None]
+    videos = read_npz(path) if path.suffix.lower() == ".npz" else read_video(path)[None]
     if fit and size is not None:
         videos = np.stack([fit_frames(v, *size) for v in videos])
     elif size is not None and tuple(videos.shape[2:4]) != tuple(size):
@@ -164,6 +189,8 @@ def write_videos(videos: np.ndarray, path: str | os.PathLike, fps: float = 8.0, 
     path = Path(path)
     if videos.ndim != 5 or videos.dtype != np.uint8:
         raise ValueError(f"videos must be uint8 (N, F, H, W, C); got {videos.dtype} {videos.shape}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps (frames per second) must be a positive number; got {fps}")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".npz":

@@ -24,7 +24,7 @@ from ..build import build_dataset, load_model
 from ..checkpoint import is_pretrained, read_step, resolve_checkpoint
 from ..config import DataConfig, RunConfig, with_sample
 from ..data import DATASETS, MovingDigits
-from ..data.media import frame_strip, to_uint8, write_videos
+from ..data.media import frame_strip, read_npz, to_uint8, write_videos
 from ..sample import generate, sampling_record
 from .frechet import frechet_distance_from_features
 from .oracle import MOTION_FAULTS, DigitOracle
@@ -76,13 +76,7 @@ def load_samples(path: str | Path, channels: int) -> Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such samples file")
-    with np.load(path) as f:
-        if "videos" not in f:
-            raise ValueError(f"{path}: expected an array 'videos' (N, F, H, W, C), "
-                             "as `kinema sample --out X.npz` writes")
-        raw = f["videos"]
-    if raw.ndim != 5 or raw.dtype != np.uint8:
-        raise ValueError(f"{path}: 'videos' must be uint8 (N, F, H, W, C); got {raw.dtype} {raw.shape}")
+    raw = read_npz(path)
     raw = raw[..., :1] if channels == 1 else raw
     return torch.from_numpy(raw).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
@@ -186,6 +180,13 @@ def _write_videos(out: Path, samples: Tensor, real: Tensor, fps: float) -> None:
         write_videos(videos[:16], out / f"{name}.gif", fps=fps, scale=2)
 
 
+def _read_step(checkpoint: Path) -> Optional[int]:
+    try:
+        return read_step(checkpoint)
+    except (ValueError, AttributeError) as err:  # not JSON (or not UTF-8); JSON but not an object
+        raise ValueError(f"{checkpoint / 'state.json'}: not valid JSON with the step in it ({err})") from err
+
+
 def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *, num: int = 256,
              sample: Optional[Mapping[str, Any]] = None, weights: str = "ema", reference: Optional[DataConfig] = None,
              split: str = "test", fvd_weights: Optional[str | Path] = None, samples_file: Optional[str | Path] = None,
@@ -199,10 +200,13 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
     """
     if num < 2:
         raise ValueError(f"--num must be at least 2 (a covariance needs two clips); got {num}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1; got {batch_size}")
     if fvd_weights is not None and not Path(fvd_weights).is_file():
         raise FileNotFoundError(f"{fvd_weights}: no such I3D weights file (--fvd-weights)")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = resolve_checkpoint(run_or_checkpoint)
+    step = _read_step(checkpoint)  # before sampling: a damaged state.json fails in a second, not after the work
     cfg, model = load_model(checkpoint, weights, device)
     data = reference or cfg.data
     out = Path(out) if out else _default_out(checkpoint)
@@ -225,7 +229,7 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
     result = {
         "kinema": __version__,
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "checkpoint": str(checkpoint), "step": read_step(checkpoint), "num": num, "sampling": sampling,
+        "checkpoint": str(checkpoint), "step": step, "num": num, "sampling": sampling,
         "reference": {"dataset": data.dataset, "path": data.path,
                       "split": split if DATASETS[data.dataset].splits else None,
                       "num": len(real), "frames": data.frames, "height": data.height, "width": data.width,

@@ -69,6 +69,11 @@ class DiTConfig:
         for name in ("in_channels", "hidden_dim", "depth", "heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        for name in ("num_classes", "text_dim"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more; got {getattr(self, name)}")
+        if self.depth > 1024:  # a bound against typos: the module count grows with it
+            raise ValueError(f"depth must be at most 1024; got {self.depth}")
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive; got {self.mlp_ratio}")
         if self.attention not in ("interleaved", "full"):

@@ -70,6 +70,15 @@ class UNet3DConfig:
         for name in ("in_channels", "base_channels", "blocks_per_level", "head_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        for name in ("max_relative_distance", "num_classes", "text_dim"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more; got {getattr(self, name)}")
+        if self.emb_dim is not None and self.emb_dim < 1:
+            raise ValueError(f"emb_dim must be positive (or unset: 4 × base_channels); got {self.emb_dim}")
+        # bounds against typos: the module count grows with these, before any parameter is allocated
+        if self.blocks_per_level > 64 or len(self.channel_mults) > 16:
+            raise ValueError(f"blocks_per_level must be at most 64 and channel_mults at most 16 levels; got "
+                             f"{self.blocks_per_level} and {len(self.channel_mults)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1); got {self.dropout}")
         for level, mult in enumerate(self.channel_mults):

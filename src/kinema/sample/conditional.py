@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..build import build_noise, build_schedule
 from ..config import RunConfig, with_sample
 from ..diffusion import ReconstructionGuidance, Replacement, SuperResolutionGuidance
-from .generation import conditioned_denoiser, conditioning, run_sampler
+from .generation import check_output_size, conditioned_denoiser, conditioning, run_sampler
 
 __all__ = ["fill_frames", "plan_windows", "Window", "predict", "extend", "interpolate", "upsample", "check_clip",
            "METHODS", "DEFAULT_WEIGHT"]
@@ -43,6 +43,8 @@ def check_clip(video: Tensor, cfg: RunConfig, what: str = "context clip", spatia
         video = video[None]
     if video.ndim != 5:
         raise ValueError(f"{what} must have shape (B, C, F, H, W) or (C, F, H, W); got {tuple(video.shape)}")
+    if video.numel() == 0:
+        raise ValueError(f"{what} holds no frames; its shape (B, C, F, H, W) is {tuple(video.shape)}")
     d = cfg.data
     if video.shape[1] != d.channels:
         raise ValueError(f"{what} has {video.shape[1]} channels, but the model was trained on {d.channels}")
@@ -165,6 +167,7 @@ def predict(model: nn.Module, cfg: RunConfig, context: Tensor, frames: int, **kw
     if frames < 1:
         raise ValueError(f"frames (how many to predict) must be at least 1; got {frames}")
     B, C, K, H, W = context.shape
+    check_output_size(cfg, B, K + frames)
     video = torch.cat([context.float(), context.new_zeros(B, C, frames, H, W).float()], dim=2)
     return fill_frames(model, cfg, video, [True] * K + [False] * frames, **kwargs)
 
@@ -187,6 +190,7 @@ def extend(model: nn.Module, cfg: RunConfig, length: int, num: int = 1, *, conte
             raise ValueError(f"the context clip has {context.shape[2]} frames, more than the length {length} asked for")
     if length < 1:
         raise ValueError(f"length must be at least 1; got {length}")
+    check_output_size(cfg, num, length)
     video = torch.zeros(num, d.channels, length, d.height, d.width)
     known = torch.zeros(length, dtype=torch.bool)
     if context is not None:
@@ -217,6 +221,7 @@ def interpolate(model: nn.Module, cfg: RunConfig, video: Tensor, factor: int, **
         raise ValueError(f"factor {factor} needs windows longer than the model's {window} frames: a window must hold "
                          "two known frames to in-fill between them")
     length = (N - 1) * factor + 1
+    check_output_size(cfg, B, length)
     out = torch.zeros(B, C, length, H, W)
     known = torch.zeros(length, dtype=torch.bool)
     out[:, :, ::factor] = video.float()

@@ -12,12 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from ..build import build_noise, build_schedule
-from ..config import RunConfig, SampleConfig
+from ..config import MAX_BATCH_ELEMENTS, MAX_FRAMES, RunConfig, SampleConfig
 from ..diffusion import SAMPLERS, ClassifierFreeGuidance, Conditioned, Denoiser
 from ..precision import autocast, resolve_precision
 
 __all__ = ["conditioning", "conditioned_denoiser", "run_sampler", "sampler_keywords", "sampling_record", "generate",
-           "rows"]
+           "rows", "check_output_size"]
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
 
@@ -120,6 +120,24 @@ def run_sampler(denoise: Denoise, noise: Tensor, cfg: RunConfig, *, generator: O
 
 
 @torch.no_grad()
+def check_output_size(cfg: RunConfig, num: int, frames: int, window: Optional[int] = None) -> None:
+    """Refuse `num` videos of `frames` frames at the model's size, before anything is allocated, unless there is at
+    least one frame and they fit the bounds of kinema.config (`window`: the frames the network sees at once)."""
+    d = cfg.data
+    if num < 1:
+        raise ValueError(f"the number of videos must be at least 1; got {num}")
+    if frames < 1:
+        raise ValueError(f"the number of frames must be at least 1; got {frames}")
+    if window is not None and window > MAX_FRAMES:
+        raise ValueError(f"{window:,} frames at once are more than the {MAX_FRAMES:,} a clip may have")
+    elements = num * frames * d.height * d.width * d.channels
+    if elements > MAX_BATCH_ELEMENTS:
+        raise ValueError(f"{num:,} videos of {frames:,} frames of {d.height}×{d.width}×{d.channels} = {elements:,} "
+                         f"elements would need {elements * 4 / 2**30:,.0f} GiB as float32, more than the "
+                         f"{MAX_BATCH_ELEMENTS:,} elements ({MAX_BATCH_ELEMENTS * 4 // 2**30} GiB) kinema generates "
+                         "at once; ask for fewer videos or frames")
+
+
 def generate(model: nn.Module, cfg: RunConfig, num: int, *, labels: Optional[Tensor] = None,
              prompts: Optional[Sequence[str]] = None, frames: Optional[int] = None,
              device: Optional[torch.device] = None, progress: bool = False, batch_size: int = 16) -> Tensor:
@@ -129,8 +147,11 @@ def generate(model: nn.Module, cfg: RunConfig, num: int, *, labels: Optional[Ten
     models take `prompts` (one for all, or one per video). With sample.guidance w > 0 classifier-free guidance pairs
     each condition with the null one. `frames` defaults to the training clip length.
     """
+    frames = cfg.data.frames if frames is None else frames
+    check_output_size(cfg, num, frames, window=frames)
+    if batch_size < 1:
+        raise ValueError(f"batch_size (videos per sampling batch) must be at least 1; got {batch_size}")
     device = device or next(model.parameters()).device
-    frames = frames or cfg.data.frames
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(cfg.sample.seed)

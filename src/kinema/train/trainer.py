@@ -374,20 +374,22 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
     """
     run_dir, proc, cfg = Path(run_dir), _distributed(), resolve_model(cfg)
     _micro_batch(cfg, proc.world)
+    if resume and not (run_dir / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{run_dir}: nothing to resume (no checkpoints/step_* folder)")
+    state = _new_state(cfg, proc)  # built (and its size checked) before the run folder is touched
     with _run_lock(run_dir, proc), StopSignals() as signals:
         last, notes = checkpoint_to_resume(run_dir, resume)
         notes += check_resumable(cfg, last) if last is not None else []
         for note in notes:
             _say(proc, note)
-        return _train(cfg, run_dir, proc, last, signals, progress, max_steps)
+        if last is not None:
+            _restore(state, last, cfg, proc)
+        return _train(cfg, run_dir, proc, state, signals, progress, max_steps)
 
 
-def _train(cfg: RunConfig, run_dir: Path, proc: _Process, last: Optional[Path], signals: StopSignals,
-           progress: bool, max_steps: Optional[int]) -> TrainResult:
+def _train(cfg: RunConfig, run_dir: Path, proc: _Process, state: _State, signals: StopSignals, progress: bool,
+           max_steps: Optional[int]) -> TrainResult:
     tc = cfg.train
-    state = _new_state(cfg, proc)
-    if last is not None:
-        _restore(state, last, cfg, proc)
     state.parallel = DistributedDataParallel(state.network) if proc.world > 1 else state.network
     batches = _batches(cfg, state, proc, progress)
     text_encoder = None
