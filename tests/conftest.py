@@ -1,8 +1,9 @@
 """Shared fixtures: a trained micro checkpoint per backbone, made once per test session.
 
 Tests that only read these runs may share them; a test that writes into a run folder (other than `kinema eval`'s
-own eval/ subfolder) must train its own. Slow tests (DDP, SIGKILL, overfitting) carry `@pytest.mark.slow`
-(registered in pyproject.toml); `pytest -m "not slow"` is the edit loop, `make test` runs everything.
+own eval/ subfolder) must train its own. Slow tests (DDP, SIGKILL, overfitting, end-to-end CLI fault and
+bad-input cases) carry `@pytest.mark.slow` (registered in pyproject.toml); `pytest -m "not slow"` is the edit loop,
+`make test` runs everything.
 """
 
 import pytest

@@ -27,6 +27,8 @@ def _screen(output: str) -> list[str]:
     return [shown for line in output.split("\n") if (shown := line.split("\r")[-1].strip())]
 
 
+pytestmark = pytest.mark.slow  # 134 end-to-end CLI cases: in `make test`, out of the edit loop
+
 def _run(args, *names: str, code: int = 1) -> str:
     """Invoke `kinema ARGS`; assert one error line naming every one of `names`, exit `code`; return the line."""
     result = CliRunner().invoke(main, [str(a) for a in args])

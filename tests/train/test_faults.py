@@ -161,6 +161,7 @@ def test_a_second_trainer_on_a_locked_run_stops_at_once_naming_the_holder(tmp_pa
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing touched
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_trainer_is_taken_over(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom kinema.train import RunLock\n"
