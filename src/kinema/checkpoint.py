@@ -286,7 +286,12 @@ def load_weights(checkpoint: Path, weights: str = "ema", device: str | torch.dev
 def read_step(checkpoint: Path) -> Optional[int]:
     """The training step recorded in a checkpoint's state.json (None without one)."""
     state_file = checkpoint / "state.json"
-    return json.loads(state_file.read_text()).get("step") if state_file.is_file() else None
+    if not state_file.is_file():
+        return None
+    try:
+        return json.loads(state_file.read_text()).get("step")
+    except (ValueError, AttributeError) as err:  # not JSON (or not UTF-8); JSON but not an object
+        raise ValueError(f"{state_file}: not valid JSON with the step in it ({err})") from err
 
 
 def pretrained_dir(name: str) -> Path:

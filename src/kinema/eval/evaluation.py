@@ -180,13 +180,6 @@ def _write_videos(out: Path, samples: Tensor, real: Tensor, fps: float) -> None:
         write_videos(videos[:16], out / f"{name}.gif", fps=fps, scale=2)
 
 
-def _read_step(checkpoint: Path) -> Optional[int]:
-    try:
-        return read_step(checkpoint)
-    except (ValueError, AttributeError) as err:  # not JSON (or not UTF-8); JSON but not an object
-        raise ValueError(f"{checkpoint / 'state.json'}: not valid JSON with the step in it ({err})") from err
-
-
 def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *, num: int = 256,
              sample: Optional[Mapping[str, Any]] = None, weights: str = "ema", reference: Optional[DataConfig] = None,
              split: str = "test", fvd_weights: Optional[str | Path] = None, samples_file: Optional[str | Path] = None,
@@ -206,7 +199,7 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
         raise FileNotFoundError(f"{fvd_weights}: no such I3D weights file (--fvd-weights)")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = resolve_checkpoint(run_or_checkpoint)
-    step = _read_step(checkpoint)  # before sampling: a damaged state.json fails in a second, not after the work
+    step = read_step(checkpoint)  # before sampling: a damaged state.json fails in a second, not after the work
     cfg, model = load_model(checkpoint, weights, device)
     data = reference or cfg.data
     out = Path(out) if out else _default_out(checkpoint)

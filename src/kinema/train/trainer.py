@@ -277,10 +277,10 @@ def _conditioning(batch: dict, cfg: RunConfig, state: _State, text_encoder, devi
     return cond
 
 
-def _optimizer_step(cfg: RunConfig, state: _State, proc: _Process, batches: Iterator[dict], text_encoder) -> tuple:
+def _optimizer_step(cfg: RunConfig, state: _State, proc: _Process, batches: Iterator[dict], text_encoder,
+                    schedule, prior) -> tuple:
     """One update from train.grad_accum micro-batches; returns (loss averaged over ranks, grad norm)."""
     tc = cfg.train
-    schedule, prior = build_schedule(cfg.diffusion), build_noise(cfg.diffusion)
 
     def forward(z, level, **cond):
         with autocast(state.precision, proc.device):
@@ -404,10 +404,11 @@ def _train(cfg: RunConfig, run_dir: Path, proc: _Process, state: _State, signals
     start_time, start_step, stopped_by = time.time(), state.step, "steps"
     bar = tqdm(total=tc.steps, initial=state.step, desc=f"training {cfg.name}",
                disable=not (progress and proc.is_main), dynamic_ncols=True)
+    schedule, prior = build_schedule(cfg.diffusion), build_noise(cfg.diffusion)
     state.network.train()
     try:
         while state.step < end:
-            loss, grad_norm = _optimizer_step(cfg, state, proc, batches, text_encoder)
+            loss, grad_norm = _optimizer_step(cfg, state, proc, batches, text_encoder, schedule, prior)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             if state.step % tc.log_every == 0 or state.step == end:
