@@ -45,20 +45,24 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
     """`cfg` with the model section as the network is built: channels from the data, the class count and text width
     from what the dataset provides and the conditioning asks for, output channels from the parameterization.
     Training saves this, so a run's config.toml says what its network is; applying it twice changes nothing."""
-    dataset = DATASETS[cfg.data.dataset]
     channels, num_classes, text_dim = cfg.data.channels, cfg.model.num_classes, cfg.model.text_dim
-    if cfg.train.class_conditional and num_classes == 0:
-        if not dataset.num_classes:
-            raise ValueError(f"train.class_conditional needs labels, and data.dataset={cfg.data.dataset} provides none "
+    if cfg.train.text_conditional and text_dim not in (0, TEXT_DIM):
+        raise ValueError(f"model.text_dim is {text_dim}, but the sentence encoder gives {TEXT_DIM}-d embeddings")
+    needs_labels = cfg.train.class_conditional and num_classes == 0
+    needs_text = cfg.train.text_conditional and text_dim == 0
+    if needs_labels or needs_text:  # a resolved config (a checkpoint's) asks nothing of the data
+        provides = DATASETS[cfg.data.dataset].provides(cfg.data)
+        if needs_labels and not provides.num_classes:
+            raise ValueError(f"train.class_conditional needs labels, and {provides.where} provides none "
                              "(set model.num_classes for your own labelled dataset)")
-        num_classes = dataset.num_classes
-    if cfg.train.text_conditional:
-        if not dataset.captions:
-            raise ValueError(f"train.text_conditional needs captions, and data.dataset={cfg.data.dataset} "
-                             "provides none")
-        if text_dim not in (0, TEXT_DIM):
-            raise ValueError(f"model.text_dim is {text_dim}, but the sentence encoder gives {TEXT_DIM}-d embeddings")
-        text_dim = TEXT_DIM
+        if needs_text and not provides.captions:
+            raise ValueError(f"train.text_conditional needs captions, and {provides.where} provides none")
+        num_classes = provides.num_classes if needs_labels else num_classes
+        text_dim = TEXT_DIM if needs_text else text_dim
+    return _with_model(cfg, channels, num_classes, text_dim)
+
+
+def _with_model(cfg: RunConfig, channels: int, num_classes: int, text_dim: int) -> RunConfig:
     model = dataclasses.replace(cfg.model, in_channels=channels, num_classes=num_classes, text_dim=text_dim,
                                 out_channels=output_channels(cfg.diffusion.prediction, channels))
     return dataclasses.replace(cfg, model=model)

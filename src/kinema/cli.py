@@ -173,6 +173,40 @@ def train(config_file, preset, name, out_dir, resume, quiet, overrides) -> None:
 
 
 @main.command()
+@click.argument("source", type=click.Path())
+@click.option("--out", "cache", required=True, type=click.Path(file_okay=False), help="The cache folder to write.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A TOML run config (its data section).")
+@click.option("--preset", default="tiny", show_default=True, help="Named starting config; see `kinema presets`.")
+@click.option("--workers", type=click.IntRange(1), default=min(8, os.cpu_count() or 1), show_default=True,
+              help="Decoding processes.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.argument("overrides", nargs=-1)
+@_user_errors
+def prepare(source, cache, config_file, preset, workers, quiet, overrides) -> None:
+    """Decode the videos of SOURCE once into a clip cache to train from (data.dataset=clips data.path=CACHE).
+
+    \b
+    SOURCE is a folder (searched recursively; a NAME.txt beside NAME.mp4 is its caption) or a CSV/JSONL
+    manifest with a `path` column (relative to the manifest) and optional caption, label, start, end (seconds).
+    OVERRIDES are the data fields the run will train with: data.height, data.width, data.channels, data.fps,
+    data.frames and data.stride (files shorter than one clip are skipped). Re-running adds new files, decodes
+    changed ones again and skips the rest; an interrupted prepare loses only its unfinished files.
+    \b
+    kinema prepare clips/ --out cache/ data.height=64 data.width=64 data.channels=3 data.fps=15
+    kinema train --name mine data.dataset=clips data.path=cache/ data.height=64 data.width=64 data.channels=3
+    """
+    from .data.prepare import prepare as prepare_cache
+
+    cfg = _run_config(config_file, preset, overrides)
+    report = prepare_cache(source, cache, cfg.data, workers=workers, progress=not quiet)
+    for skip in report.skipped[:10]:
+        click.echo(f"skipped {skip}")
+    if len(report.skipped) > 10:
+        click.echo(f"... and {len(report.skipped) - 10} more")
+    click.echo(report.summary())
+
+
+@main.command()
 @click.argument("run_or_checkpoint", type=click.Path())
 @click.option("--num", default=16, show_default=True, help="How many videos.")
 @click.option("--label", type=int, help="Class label for every video (class-conditional models).")
@@ -456,7 +490,7 @@ def presets() -> None:
 
 @main.command()
 @click.argument("dataset", type=click.Choice(list(DATASETS)))
-@click.option("--path", help="Folder (video-folder, image-folder).")
+@click.option("--path", help="Folder (video-folder, image-folder) or clip cache (clips).")
 @click.option("--num", default=16, show_default=True)
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--out", default="data.gif", show_default=True, type=click.Path())
@@ -476,7 +510,7 @@ def data(dataset, path, num, split, out, preset, overrides) -> None:
     ds = build_dataset(cfg.data, split)
     if hasattr(ds, "summary"):
         click.echo(ds.summary())
-    videos = torch.stack([ds[i]["video"] for i in range(min(num, len(ds)))])
+    videos = torch.stack([item["video"] for item in ds.spread(num)])  # the whole corpus, not its first file
     written = write_videos(to_uint8(videos), out, fps=cfg.sample.fps, scale=2)
     click.echo(f"wrote {len(videos)} clips to {written[0] if len(written) == 1 else Path(out)}")
 

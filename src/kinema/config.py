@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Tuple, Union
 
 from .data import DATASETS
+from .data.windows import BALANCES
 from .diffusion.parameterization import PREDICTIONS, WEIGHTINGS
 from .diffusion.samplers import SAMPLERS
 from .diffusion.schedules import SCHEDULES
@@ -75,7 +76,7 @@ class DiffusionConfig:
 @dataclass
 class DataConfig:
     dataset: str = "moving-digits"  # a kinema.data.DATASETS name
-    path: str = ""  # folder for video-folder / image-folder
+    path: str = ""  # folder for video-folder / image-folder; the cache folder for clips (made by kinema prepare)
     frames: int = 8
     height: int = 32
     width: int = 32
@@ -85,6 +86,8 @@ class DataConfig:
     speed_min: float = 1.0
     speed_max: float = 3.0
     stride: int = 1
+    fps: float = 0.0  # resample videos to this rate by their timestamps (0: every frame, at the source's rate)
+    balance: str = "clips"  # video-folder / clips: each clip equally likely per draw, or each file ("files")
     flip: bool = True
     images_path: str = ""  # joint image+video training: a folder of images
     images_per_video: int = 0
@@ -94,6 +97,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_finite("data", self)
         _choice("data.dataset", self.dataset, tuple(DATASETS))
+        _choice("data.balance", self.balance, BALANCES)
+        if self.fps < 0:
+            raise ConfigError(f"data.fps must be 0 (the source's rate) or a positive rate; got {self.fps}")
         for name in ("frames", "height", "width", "stride", "digit_size", "num_digits"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be positive; got {getattr(self, name)}")

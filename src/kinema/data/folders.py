@@ -1,8 +1,9 @@
-"""Folders of video files and of images, as datasets of (C, F, H, W) clips in [-1, 1].
+"""Folders of video files and of images, as datasets of (C, F, H, W) clips in [-1, 1], without a prepare step.
 
-Files are decoded once at construction (with a progress bar) into uint8 arrays already resized to
-the training size, so DataLoader workers only slice and flip. Unreadable or too-short files are
-skipped with a warning that names them, and counted in `skipped`; an empty result is an error.
+Videos are decoded once at construction (with a progress bar) straight to the training size, so DataLoader workers
+only slice and flip; this holds the whole folder in memory, which suits small folders (for a corpus, prepare a clip
+cache: `kinema prepare`, `data.dataset=clips`). A file that cannot be used is skipped with a one-line warning that
+names it and says why, and counted in `skipped`; an empty result is an error.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, fit_frames, read_video
+from .media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, fit_frames
+from .prepare import CacheSettings, decode_source
+from .provides import Provides
+from .sources import Skip, Source, list_sources
+from .windows import FileClips, to_clip
 
 __all__ = ["VideoFolder", "ImageFolder"]
 
@@ -36,87 +39,69 @@ def _find(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
-def _to_clip(frames: np.ndarray, channels: int) -> torch.Tensor:
-    x = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (C, F, H, W)
-    return x.mean(0, keepdim=True) if channels == 1 else x
+class VideoFolder(FileClips):
+    """Clips of `frames` frames (every `stride`-th) of every video under `root`, resampled to `fps` when set;
+    `balance` says whether each clip (`clips`) or each file (`files`) is equally likely per draw.
+    Item: {"video": float32 (C, F, H, W) in [-1, 1]}."""
 
-
-class VideoFolder(Dataset):
-    """Every clip of `frames` frames (taken every `stride` frames) of every video under `root`.
-
-    Item: {"video": float32 (C, F, H, W) in [-1, 1]}; a key (index, salt) varies the random flip
-    between epochs (the batch sampler passes the epoch as salt).
-    """
-
-    num_classes = 0
-    captions = False
     splits = ()  # one set of files: a split does not apply
+
+    @classmethod
+    def provides(cls, data) -> Provides:
+        return Provides(0, False, f"data.dataset=video-folder ({data.path}; for captions or labels prepare a cache)")
 
     @classmethod
     def from_config(cls, data, split: str = "train", progress: bool = True) -> "VideoFolder":
         return cls(_folder(data), data.frames, data.height, data.width, data.stride, data.flip, data.channels,
-                   data.seed, progress=progress)
+                   data.seed, fps=data.fps, balance=data.balance, progress=progress)
 
     def __init__(self, root: str | os.PathLike, frames: int = 8, height: int = 32, width: int = 32, stride: int = 1,
-                 flip: bool = True, channels: int = 3, seed: int = 0, max_frames_per_file: Optional[int] = None,
+                 flip: bool = True, channels: int = 3, seed: int = 0, fps: float = 0.0, balance: str = "clips",
                  progress: bool = True):
-        if frames < 1 or stride < 1:
-            raise ValueError(f"frames and stride must be positive; got frames={frames}, stride={stride}")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3; got {channels}")
-        self.root, self.frames, self.stride = Path(root), frames, stride
-        self.flip, self.channels, self.seed = flip, channels, seed
-        files = _find(self.root, VIDEO_SUFFIXES)
-        if not files:
-            raise ValueError(f"{self.root}: no video files ({', '.join(VIDEO_SUFFIXES)}) found in this folder or below")
+        self.root = Path(root)
+        _find(self.root, VIDEO_SUFFIXES)  # a missing path or a file: the folder's own error
+        sources, skips = list_sources(self.root)
+        self.skipped: list[Skip] = []
+        for skip in skips:
+            self._skip(skip)
         span = (frames - 1) * stride + 1
+        settings = CacheSettings(height, width, channels, float(fps))
         self.videos: list[np.ndarray] = []
         self.files: list[Path] = []
-        self.skipped: list[tuple[Path, str]] = []
-        for path in tqdm(files, desc=f"decoding {self.root}", disable=not progress, leave=False):
+        for source in tqdm(sources, desc=f"decoding {self.root}", disable=not progress, leave=False):
             try:
-                decoded = read_video(path, max_frames=max_frames_per_file)
+                decoded = decode_source(Source(source.path, source.name), settings, span)
             except ValueError as err:
-                self._skip(path, str(err))
+                self._skip(Skip(source.name, str(err)))
                 continue
-            if len(decoded) < span:
-                self._skip(path, f"{path}: only {len(decoded)} frames, a clip needs {span} "
-                                 f"(frames={frames}, stride={stride})")
-                continue
-            self.videos.append(fit_frames(decoded, height, width))
-            self.files.append(path)
-        self.clips = [(v, start) for v, video in enumerate(self.videos) for start in range(len(video) - span + 1)]
-        if not self.clips:
-            problems = "; ".join(reason for _, reason in self.skipped)
-            raise ValueError(f"{self.root}: no usable clips in {len(files)} video file(s): {problems}")
+            self.videos.append(decoded.frames)
+            self.files.append(source.path)
+        if not self.videos:
+            problems = "; ".join(str(skip) for skip in self.skipped)
+            raise ValueError(f"{self.root}: no usable clips in {len(sources)} video file(s): {problems}")
+        self._init_clips([len(v) for v in self.videos], frames, stride, flip, channels, seed, balance)
 
-    def _skip(self, path: Path, reason: str) -> None:
-        warnings.warn(f"skipping {reason}", stacklevel=3)
-        self.skipped.append((path, reason))
+    def _skip(self, skip: Skip) -> None:
+        warnings.warn(f"skipping {self.root / skip.where}: {skip.reason}", stacklevel=3)
+        self.skipped.append(skip)
+
+    def file_frames(self, file: int) -> np.ndarray:
+        return self.videos[file]
 
     def summary(self) -> str:
-        return (f"{self.root}: {len(self.files)} usable video file(s), {len(self.clips)} clips of {self.frames} frames "
-                f"(stride {self.stride}), {len(self.skipped)} file(s) skipped")
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, key) -> dict:
-        index, salt = key if isinstance(key, tuple) else (key, 0)
-        v, start = self.clips[index]
-        frames = self.videos[v][start:start + (self.frames - 1) * self.stride + 1:self.stride]
-        clip = _to_clip(frames, self.channels)
-        if self.flip and np.random.default_rng([self.seed, index, salt]).random() < 0.5:
-            clip = clip.flip(-1)
-        return {"video": clip}
+        return (f"{self.root}: {len(self.files)} usable video file(s), {len(self):,} "
+                f"{'clips' if self.windows.balance == 'clips' else 'files (one clip each per epoch)'} of "
+                f"{self.frames} frames (stride {self.stride}), {len(self.skipped)} file(s) skipped")
 
 
 class ImageFolder(Dataset):
     """Every image under `root` as a 1-frame clip: {"video": float32 (C, 1, H, W) in [-1, 1]}."""
 
-    num_classes = 0
-    captions = False
     splits = ()
+
+    @classmethod
+    def provides(cls, data) -> Provides:
+        return Provides(0, False, f"data.dataset=image-folder ({data.path})")
 
     @classmethod
     def from_config(cls, data, split: str = "train", progress: bool = True, path: str | None = None) -> "ImageFolder":
@@ -161,7 +146,12 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, key) -> dict:
         index, salt = key if isinstance(key, tuple) else (key, 0)
-        clip = _to_clip(self.images[index], self.channels)
+        clip = to_clip(self.images[index], self.channels)
         if self.flip and np.random.default_rng([self.seed, index, salt, 1]).random() < 0.5:
             clip = clip.flip(-1)
         return {"video": clip}
+
+    def spread(self, num: int) -> list[dict]:
+        """`num` images spread evenly over the folder (fewer when it has fewer)."""
+        picks = np.linspace(0, len(self) - 1, min(num, len(self))).round().astype(int)
+        return [self[int(i)] for i in picks]

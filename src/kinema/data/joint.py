@@ -47,3 +47,8 @@ class JointImageVideo(Dataset):
         item["video"] = torch.cat([item["video"], *extra], dim=1)
         item["frame_mask"] = torch.cat([torch.ones(frames, dtype=torch.bool), torch.zeros(self.k, dtype=torch.bool)])
         return item
+
+    def spread(self, num: int) -> list[dict]:
+        """`num` items spread evenly over the clips, each with its images."""
+        picks = np.linspace(0, len(self) - 1, min(num, len(self))).round().astype(int)
+        return [self[int(i)] for i in picks]

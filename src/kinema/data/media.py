@@ -9,15 +9,17 @@ import math
 import os
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "read_video", "read_npz", "read_clips", "fit_frames", "to_uint8",
+__all__ = ["VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "Decoded", "decode_video", "nearest_frames", "read_video",
+           "read_npz", "read_clips", "fit_frames", "to_uint8",
            "tile_videos", "write_videos", "frame_strip"]
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif", ".avi", ".mkv")
@@ -47,6 +49,89 @@ def read_video(path: str | os.PathLike, max_frames: Optional[int] = None) -> np.
     if not frames:
         raise ValueError(f"{path}: the video has no frames")
     return np.stack(frames)
+
+
+def _decode_error(path, err: Exception) -> ValueError:
+    """FFmpeg's errors as one plain line naming the file (its errno, e.g. 1094995529, means nothing to a user)."""
+    reason = getattr(err, "strerror", None) or f"{type(err).__name__}: {err}"
+    return ValueError(f"{path}: unreadable ({reason})")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded video: frames uint8 (F, H, W, C), their presentation times (F,) in seconds, the source's rate."""
+
+    frames: np.ndarray
+    times: np.ndarray
+    source_fps: float
+
+
+def nearest_frames(times: np.ndarray, fps: float) -> np.ndarray:
+    """Indices of the source frames nearest to the times t0, t0 + 1/fps, … ≤ t_last (t0 = times[0]; ties go to the
+    earlier frame): resampling by presentation time, so a variable-rate file keeps its real speed."""
+    targets = times[0] + np.arange(int(np.floor((times[-1] - times[0]) * fps + 1e-6)) + 1) / fps
+    right = np.searchsorted(times, targets, side="left").clip(1, len(times) - 1)
+    left = right - 1
+    return np.where(targets - times[left] <= times[right] - targets, left, right) if len(times) > 1 else left * 0
+
+
+def _timed_frames(path, start: Optional[float], end: Optional[float]) -> Iterator[tuple[float, object]]:
+    """(time in seconds, av.VideoFrame) in presentation order, within [start, end)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+            for index, frame in enumerate(container.decode(stream)):
+                time = frame.time if frame.time is not None else (index / rate if rate else None)
+                if time is None:
+                    raise ValueError(f"{path}: frames without timestamps and no frame rate")
+                if start is not None and time < start - 1e-9:
+                    continue
+                if end is not None and time >= end - 1e-9:
+                    break
+                yield time, frame
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise _decode_error(path, err) from err
+    except Exception as err:  # PyAV's FFmpeg errors (OSError subclasses mostly)
+        raise _decode_error(path, err) from err
+
+
+def decode_video(path: str | os.PathLike, height: int, width: int, channels: int = 3, fps: float = 0.0,
+                 start: Optional[float] = None, end: Optional[float] = None, chunk: int = 32) -> Decoded:
+    """Decode `path` straight to the training size (centre-crop + resize, `chunk` frames at a time, so memory holds
+    the small frames and not the source's), optionally resampled to `fps` by presentation time and cut to the
+    seconds [start, end). Grey (`channels=1`) is the rounded mean of RGB. Raises ValueError naming the file."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file")
+    times, raw, small = [], [], []
+    for time, frame in _timed_frames(path, start, end):
+        times.append(time)
+        raw.append(frame.to_ndarray(format="rgb24"))
+        if len(raw) == chunk:
+            small.append(fit_frames(np.stack(raw), height, width))
+            raw = []
+    if raw:
+        small.append(fit_frames(np.stack(raw), height, width))
+    if not times:
+        window = "" if start is None and end is None else f" between {start or 0:g} s and {end or 'the end'} s"
+        raise ValueError(f"{path}: the video has no frames{window}")
+    frames, stamps = np.concatenate(small), np.asarray(times, dtype=np.float64)
+    span = stamps[-1] - stamps[0]
+    source_fps = (len(stamps) - 1) / span if span > 0 else 0.0
+    if fps > 0 and len(stamps) > 1:
+        keep = nearest_frames(stamps, fps)
+        frames, stamps = frames[keep], stamps[keep]
+    if channels == 1:
+        frames = frames.mean(-1, keepdims=True).round().astype(np.uint8)
+    return Decoded(frames, stamps, source_fps)
 
 
 def read_npz(path: str | os.PathLike) -> np.ndarray:

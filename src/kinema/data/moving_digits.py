@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .provides import Provides
+
 __all__ = ["MovingDigits", "digit_images", "caption", "direction_word"]
 
 _SPLITS = {"train": 0, "test": 1}
@@ -46,10 +48,12 @@ class MovingDigits(Dataset):
     """
 
     channels = 1
-    # what the dataset provides, read by the builder and the evaluator instead of testing its name
-    num_classes = 10
-    captions = True
     splits = ("train", "test")
+
+    @classmethod
+    def provides(cls, data) -> Provides:
+        """Labels (the first digit's class) and captions: read by the builder instead of testing the name."""
+        return Provides(10, True, "data.dataset=moving-digits")
 
     @classmethod
     def from_config(cls, data, split: str = "train", progress: bool = True) -> "MovingDigits":
@@ -141,3 +145,7 @@ def caption(digits: Sequence[int], velocities: Sequence[Sequence[float]]) -> str
     """"a 3 moving left and a 7 moving down": each digit with the direction of its initial velocity."""
     parts = [f"{'an' if int(d) == 8 else 'a'} {int(d)} moving {direction_word(v)}" for d, v in zip(digits, velocities)]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+    def spread(self, num: int) -> list[dict]:
+        """The first `num` clips (every clip is an independent draw, so these cover the data)."""
+        return [self[i] for i in range(min(num, self.length))]

@@ -57,17 +57,17 @@ def _oracle(data: DataConfig) -> DigitOracle:
 
 def reference_clips(data: DataConfig, split: str, num: int, offset: int = 0, progress: bool = False) -> Tensor:
     """`num` real clips (num, C, F, H, W): items offset..offset+num−1 of `split` for a dataset with splits; for
-    folders, clips spread evenly over the dataset (the split does not apply)."""
+    folders and caches, clips spread over all files (`spread`; the split does not apply)."""
     from tqdm.auto import tqdm
 
     ds = build_dataset(dataclasses.replace(data, flip=False, images_per_video=0), split, progress=progress)
     if DATASETS[data.dataset].splits:
-        indices = range(offset, offset + num)
+        clips = [ds[i]["video"] for i in tqdm(range(offset, offset + num), desc="real clips", disable=not progress,
+                                              leave=False)]
     else:
-        if len(ds) < num + offset:
-            raise ValueError(f"the reference dataset has {len(ds)} clips; --num {num} needs at least {num + offset}")
-        indices = np.linspace(0, len(ds) - 1, num + offset).round().astype(int)[offset:]
-    clips = [ds[int(i)]["video"] for i in tqdm(indices, desc="real clips", disable=not progress, leave=False)]
+        clips = [item["video"] for item in ds.spread(num + offset)[offset:]]
+        if len(clips) < num:
+            raise ValueError(f"the reference data has {len(ds)} clips; --num {num} needs at least {num + offset}")
     return torch.stack(clips)
 
 
