@@ -383,3 +383,49 @@ def test_prepare_then_data_then_train_then_eval_reference(tmp_path):
 
 def levels_first(clips: torch.Tensor) -> np.ndarray:
     return ((clips[:, 0, 0].mean((1, 2)) + 1) * 127.5).round().numpy()
+
+
+def test_a_labelled_cache_trains_a_class_conditional_model(tmp_path):
+    from kinema.build import resolve_model
+    from kinema.train import train
+    from tests.helpers import micro
+
+    (tmp_path / "src").mkdir()
+    for i in range(3):
+        write_clip(tmp_path / "src" / f"{i}.mp4", 6)
+    (tmp_path / "m.csv").write_text("path,label,caption\n" + "".join(
+        f"src/{i}.mp4,{label},a {label}\n" for i, label in enumerate(["cat", "dog", "owl"])))
+    prepare(tmp_path / "m.csv", tmp_path / "cache", data_config(), progress=False)
+    cfg = micro("data.dataset=clips", f"data.path={tmp_path / 'cache'}", "train.class_conditional=true",
+                "data.channels=1", "train.steps=2")
+    assert resolve_model(cfg).model.num_classes == 3
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.step == 2
+
+
+def test_video_folder_takes_fps_and_balance(tmp_path):
+    from kinema.data import VideoFolder
+
+    write_timed(tmp_path / "f60.mp4", [4 * k for k in range(60)], [k / 60 for k in range(60)])
+    write_clip(tmp_path / "short.mp4", 4, fps=15)
+    by_clip = VideoFolder(tmp_path, frames=4, height=16, width=16, channels=1, fps=15, flip=False, progress=False)
+    assert len(by_clip) == (15 - 3) + (4 - 3)  # the 60 fps file resampled to 15 frames
+    np.testing.assert_allclose(levels(by_clip[1]["video"]), 16 * np.arange(1, 5), atol=2)
+    by_file = VideoFolder(tmp_path, frames=4, height=16, width=16, channels=1, fps=15, balance="files",
+                          progress=False)
+    assert len(by_file) == 2
+
+
+def test_cli_reports_each_skipped_file_as_one_plain_line(tmp_path):
+    write_clip(tmp_path / "good.mp4", 20)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    write_clip(tmp_path / "one.mp4", 1)
+    result = subprocess.run([sys.executable, "-m", "kinema", "data", "video-folder", "--path", str(tmp_path), "--num",
+                             "2", "--out", str(tmp_path / "d.gif"), "data.frames=15", "data.height=16",
+                             "data.width=16"], capture_output=True, text=True)  # as a user runs it: warnings shown
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    lines = output.splitlines()
+    assert f"warning: skipping {tmp_path / 'empty.mp4'}: empty file" in lines
+    assert f"warning: skipping {tmp_path / 'one.mp4'}: only 1 frame, a clip needs 15" in lines
+    assert "Warning" not in output and "Errno" not in output

@@ -60,10 +60,7 @@ class VideoFolder(FileClips):
                  progress: bool = True):
         self.root = Path(root)
         _find(self.root, VIDEO_SUFFIXES)  # a missing path or a file: the folder's own error
-        sources, skips = list_sources(self.root)
-        self.skipped: list[Skip] = []
-        for skip in skips:
-            self._skip(skip)
+        sources, self.skipped = list_sources(self.root)
         span = (frames - 1) * stride + 1
         settings = CacheSettings(height, width, channels, float(fps))
         self.videos: list[np.ndarray] = []
@@ -72,18 +69,16 @@ class VideoFolder(FileClips):
             try:
                 decoded = decode_source(Source(source.path, source.name), settings, span)
             except ValueError as err:
-                self._skip(Skip(source.name, str(err)))
+                self.skipped.append(Skip(source.name, str(err)))
                 continue
             self.videos.append(decoded.frames)
             self.files.append(source.path)
+        for skip in self.skipped:  # after the progress bar has gone, so that each is a line of its own
+            warnings.warn(f"skipping {self.root / skip.where}: {skip.reason}", stacklevel=2)
         if not self.videos:
             problems = "; ".join(str(skip) for skip in self.skipped)
             raise ValueError(f"{self.root}: no usable clips in {len(sources)} video file(s): {problems}")
         self._init_clips([len(v) for v in self.videos], frames, stride, flip, channels, seed, balance)
-
-    def _skip(self, skip: Skip) -> None:
-        warnings.warn(f"skipping {self.root / skip.where}: {skip.reason}", stacklevel=3)
-        self.skipped.append(skip)
 
     def file_frames(self, file: int) -> np.ndarray:
         return self.videos[file]
