@@ -10,6 +10,7 @@ import os
 import zipfile
 import zlib
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -246,6 +247,23 @@ def frame_strip(videos: np.ndarray, pad: int = 1) -> np.ndarray:
     return out
 
 
+def _write_h264(path: Path, frames: np.ndarray, fps: float) -> None:
+    """H.264 through PyAV directly: imageio's pyav plugin costs about 0.3 s of set-up per file, which a corpus of
+    thousands of small files (benchmarks/data_scale.py) cannot afford."""
+    import av
+
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
 def _write_one(path: Path, frames: np.ndarray, fps: float, scale: int) -> None:
     import imageio.v3 as iio
 
@@ -258,7 +276,7 @@ def _write_one(path: Path, frames: np.ndarray, fps: float, scale: int) -> None:
         # H.264 wants even sides: pad by one white pixel where needed.
         h, w = frames.shape[1:3]
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
-        iio.imwrite(path, frames, plugin="pyav", codec="libx264", fps=fps)
+        _write_h264(path, frames, fps)
     else:
         raise ValueError(f"{path}: unsupported video suffix {suffix!r} (use .gif or .mp4)")
 
