@@ -399,6 +399,8 @@ def test_a_labelled_cache_trains_a_class_conditional_model(tmp_path):
     cfg = micro("data.dataset=clips", f"data.path={tmp_path / 'cache'}", "train.class_conditional=true",
                 "data.channels=1", "train.steps=2")
     assert resolve_model(cfg).model.num_classes == 3
+    text = micro("data.dataset=clips", f"data.path={tmp_path / 'cache'}", "train.text_conditional=true")
+    assert resolve_model(text).model.text_dim > 0  # the captions of the manifest make a text-conditional network
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.step == 2
 
@@ -429,3 +431,10 @@ def test_cli_reports_each_skipped_file_as_one_plain_line(tmp_path):
     assert f"warning: skipping {tmp_path / 'empty.mp4'}: empty file" in lines
     assert f"warning: skipping {tmp_path / 'one.mp4'}: only 1 frame, a clip needs 15" in lines
     assert "Warning" not in output and "Errno" not in output
+
+
+def test_a_manifest_that_is_not_utf8_is_an_error_naming_it(tmp_path):
+    write_clip(tmp_path / "a.mp4", 5)
+    (tmp_path / "latin.csv").write_bytes("path,caption\na.mp4,café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin.csv: not UTF-8 text"):
+        list_sources(tmp_path / "latin.csv")

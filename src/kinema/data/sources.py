@@ -82,7 +82,10 @@ def _folder_sources(root: Path) -> tuple[list[Source], list[Skip]]:
 
 def _manifest_rows(manifest: Path) -> tuple[list[tuple[int, dict]], list[Skip]]:
     """(line number, row) of a CSV (header line first) or JSONL manifest; malformed lines become skips."""
-    text = manifest.read_text(encoding="utf-8-sig")
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{manifest}: not UTF-8 text (byte {err.start}); save the manifest as UTF-8") from None
     rows, skips = [], []
     if manifest.suffix.lower() == ".jsonl":
         for number, line in enumerate(text.splitlines(), 1):
