@@ -131,7 +131,10 @@ class Distillation(Objective):
             write_round(folder, self.config(state.step), state.ema.model, {"step": state.step,
                                                                             **self.record(state.step)})
         device = next(state.network.parameters()).device
-        self.teacher_cfg, self.teacher = load_model(folder, "ema", device)
+        # building the teacher draws initial weights from the global RNG, which drives the student's dropout: a run
+        # resumed within a round loads its teacher where an uninterrupted one does not, so leave the RNG untouched
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            self.teacher_cfg, self.teacher = load_model(folder, "ema", device)
         self.teacher.requires_grad_(False)
         if starting:  # θ ← η
             weights = self.teacher.state_dict()
