@@ -143,6 +143,8 @@ def test_a_bad_teacher_or_setting_is_a_one_line_error_and_touches_nothing(micro_
         assert result.exit_code == 1, (args, result.output)
         assert result.output.count("\n") == 1 and message in result.output, result.output
     assert not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match="is a distillation"):  # training it would silently drop the teacher
+        train(distill_config(micro_run, name="s", start_steps=2, end_steps=1, steps_per_round=1), tmp_path / "s")
     eps = tmp_path / "eps"
     train(micro("train.steps=1", "diffusion.prediction=eps"), eps, progress=False)
     with pytest.raises(ConfigError, match="eps cannot be distilled"):

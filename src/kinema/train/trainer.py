@@ -35,7 +35,7 @@ from ..checkpoint import (
     rng_state_to_json,
     save_checkpoint,
 )
-from ..config import RunConfig, save_config
+from ..config import ConfigError, RunConfig, save_config
 from ..data import ResumableBatchSampler
 from ..data.media import to_uint8, write_videos
 from ..diffusion import diffusion_loss
@@ -411,6 +411,9 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
     _micro_batch(cfg, proc.world)
     if resume and not (run_dir / "checkpoints").is_dir():
         raise FileNotFoundError(f"{run_dir}: nothing to resume (no checkpoints/step_* folder)")
+    if cfg.distill is not None and objective is None:
+        raise ConfigError(f"{run_dir} is a distillation (its config has a distill section): continue it with "
+                          f"kinema distill TEACHER --name {cfg.name} --resume, or kinema.train.distill")
     objective = objective or Objective(cfg)
     state = _new_state(cfg, proc)  # built (and its size checked) before the run folder is touched
     with _run_lock(run_dir, proc), StopSignals() as signals:
