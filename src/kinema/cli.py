@@ -207,6 +207,51 @@ def prepare(source, cache, config_file, preset, workers, quiet, overrides) -> No
 
 
 @main.command()
+@click.argument("teacher")
+@click.option("--name", required=True, help="The student's run name; it lives in OUT_DIR/NAME.")
+@click.option("--out-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--start-steps", type=click.IntRange(2), help="The teacher's DDIM steps, halved each round [256].")
+@click.option("--end-steps", type=click.IntRange(1), help="The final student's steps [4].")
+@click.option("--steps-per-round", type=click.IntRange(1), help="Optimizer steps per round [2000].")
+@click.option("--guidance", type=click.FloatRange(0), help="CFG weight w distilled in [the teacher's sample.guidance].")
+@click.option("--resume", is_flag=True, help="Continue NAME from its newest checkpoint, with its saved settings.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.argument("overrides", nargs=-1)
+@_user_errors
+def distill(teacher, name, out_dir, start_steps, end_steps, steps_per_round, guidance, resume, quiet,
+            overrides) -> None:
+    """Distil TEACHER into a few-step student (progressive distillation; docs/distillation.md).
+
+    \b
+    kinema distill moving-digits --name fast --start-steps 256 --end-steps 4 --steps-per-round 2000
+    kinema distill moving-digits --name fast --resume      after SIGTERM/SIGINT/SIGUSR1 (exit 75)
+    kinema sample runs/fast                                 DDIM at the student's step count
+    """
+    from .config import apply_overrides, load_config
+    from .train import EXIT_RESUMABLE, distill_config
+    from .train import distill as run_distill
+
+    run_dir = Path(out_dir) / name
+    rounds = dict(start_steps=start_steps, end_steps=end_steps, steps_per_round=steps_per_round, guidance=guidance)
+    if resume:
+        if any(v is not None for v in rounds.values()):
+            raise click.UsageError("--resume keeps the run's saved rounds: drop --start-steps, --end-steps, "
+                                   "--steps-per-round and --guidance")
+        cfg = apply_overrides(load_config(run_dir / "config.toml"), list(overrides))
+    else:
+        defaults = dict(start_steps=256, end_steps=4, steps_per_round=2000)
+        cfg = distill_config(teacher, name=name, overrides=overrides,
+                             **{k: defaults.get(k) if v is None else v for k, v in rounds.items()})
+    result = run_distill(cfg, run_dir, resume=resume, progress=not quiet)
+    steps = cfg.distill.start_steps >> -(-result.step // cfg.distill.steps_per_round)
+    click.echo(f"distilled {result.step} of {cfg.train.steps} steps ({result.stopped_by}); the student samples in "
+               f"{steps} step{'s' * (steps != 1)}: kinema sample {run_dir}")
+    if result.stopped_by.startswith("signal"):
+        click.echo(f"resume with: kinema distill {teacher} --name {name} --out-dir {out_dir} --resume")
+        raise SystemExit(EXIT_RESUMABLE)
+
+
+@main.command()
 @click.argument("run_or_checkpoint", type=click.Path())
 @click.option("--num", default=16, show_default=True, help="How many videos.")
 @click.option("--label", type=int, help="Class label for every video (class-conditional models).")

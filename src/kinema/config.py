@@ -20,10 +20,11 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 from .data import DATASETS
 from .data.windows import BALANCES
+from .diffusion.distillation import DISTILL_WEIGHTINGS
 from .diffusion.parameterization import PREDICTIONS, WEIGHTINGS
 from .diffusion.samplers import SAMPLERS
 from .diffusion.schedules import SCHEDULES
@@ -35,10 +36,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig", "RunConfig", "RUN_PRESETS", "ModelConfig",
-           "MODEL_CONFIGS", "ConfigError", "load_config", "save_config", "apply_overrides", "config_from_dict",
-           "config_to_dict", "with_sample", "changed_fields", "changes_shape", "MAX_FRAMES", "MAX_SIDE",
-           "MAX_CLIP_ELEMENTS", "MAX_BATCH_ELEMENTS"]
+__all__ = ["DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig", "DistillConfig", "RunConfig", "RUN_PRESETS",
+           "ModelConfig", "MODEL_CONFIGS", "ConfigError", "load_config", "save_config", "apply_overrides",
+           "config_from_dict", "config_to_dict", "with_sample", "changed_fields", "changes_shape", "MAX_FRAMES",
+           "MAX_SIDE", "MAX_CLIP_ELEMENTS", "MAX_BATCH_ELEMENTS"]
 
 
 class ConfigError(ValueError):
@@ -206,6 +207,34 @@ class SampleConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Progressive distillation (spec A9): the teacher's DDIM sampler of `start_steps` steps is halved round by round
+    into a student of `end_steps` steps, each round `steps_per_round` updates. Present only in a distilled run."""
+
+    teacher: str = ""  # the teacher as given (run, checkpoint folder or shipped name); its copy is rounds/nSTART
+    start_steps: int = 256  # the teacher's DDIM steps; round r's student samples in start_steps / 2^r
+    end_steps: int = 4
+    steps_per_round: int = 2000
+    guidance: float = 0.0  # the classifier-free guidance weight w the teacher is distilled at (baked into students)
+
+    def __post_init__(self) -> None:
+        _check_finite("distill", self)
+        if self.end_steps < 1 or self.steps_per_round < 1:
+            raise ConfigError("distill.end_steps and distill.steps_per_round must be positive; got "
+                              f"{self.end_steps} and {self.steps_per_round}")
+        ratio = self.start_steps // self.end_steps
+        if self.start_steps <= self.end_steps or ratio * self.end_steps != self.start_steps or ratio & (ratio - 1):
+            raise ConfigError(f"distill.start_steps ({self.start_steps}) must be distill.end_steps ({self.end_steps}) "
+                              "times a power of two above 1: each round halves the step count")
+        if self.guidance < 0:
+            raise ConfigError(f"distill.guidance must be 0 or more (0 = unguided); got {self.guidance}")
+
+    @property
+    def rounds(self) -> int:
+        return (self.start_steps // self.end_steps).bit_length() - 1
+
+
+@dataclass
 class RunConfig:
     name: str = "tiny"
     model: ModelConfig = field(default_factory=lambda: copy.deepcopy(UNET_PRESETS["tiny"]))
@@ -213,8 +242,11 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distill: Optional[DistillConfig] = None  # set in a distilled run only
 
     def __post_init__(self) -> None:
+        if self.distill is not None:
+            _check_distill(self)
         d, t = self.data, self.train
         clips = -(-t.batch_size // t.grad_accum)  # one process's micro-batch
         elements = clips * d.frames * d.height * d.width * d.channels
@@ -224,6 +256,24 @@ class RunConfig:
                               f"elements would need {elements * 4 / 2**30:,.0f} GiB as float32 on one process, more "
                               f"than the {MAX_BATCH_ELEMENTS:,} elements ({MAX_BATCH_ELEMENTS * 4 // 2**30} GiB) a "
                               "micro-batch may have; reduce train.batch_size or raise train.grad_accum")
+
+
+def _check_distill(cfg: RunConfig) -> None:
+    """A distillation's run settings that its rounds depend on, each refused with the field named."""
+    dc, tc = cfg.distill, cfg.train
+    if tc.steps != dc.rounds * dc.steps_per_round:
+        raise ConfigError(f"train.steps ({tc.steps}) of a distillation must be its {dc.rounds} rounds × "
+                          f"distill.steps_per_round ({dc.steps_per_round}) = {dc.rounds * dc.steps_per_round}; "
+                          "set distill.steps_per_round instead")
+    if tc.decay_steps > dc.steps_per_round:
+        raise ConfigError(f"train.decay_steps ({tc.decay_steps}) must be at most distill.steps_per_round "
+                          f"({dc.steps_per_round}): each round has its own warm-up and decay")
+    if cfg.diffusion.prediction == "eps":
+        raise ConfigError("diffusion.prediction=eps cannot be distilled: x̂ = (z − σ ε̂)/α explodes near t = 1, where a "
+                          "few-step student takes its first step (spec A9); distil a v, x or both model")
+    if cfg.diffusion.weighting not in DISTILL_WEIGHTINGS:
+        raise ConfigError(f"diffusion.weighting of a distillation must be one of {', '.join(DISTILL_WEIGHTINGS)} (a "
+                          f"weight of at least 1 at t = 1); got {cfg.diffusion.weighting!r}")
 
 
 # data: the largest clip accepted (bounds against typos, checked before anything is allocated); generous on purpose
@@ -399,6 +449,14 @@ def _section(annotation: Any, data: Any, path: str, base):
     return _build(cls, data, f"{path}.", base)
 
 
+def _section_class(annotation: Any) -> Any:
+    """The dataclass of a section's annotation (Optional[X] names X: a section only some runs have), or None."""
+    if typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else None
+    return annotation if dataclasses.is_dataclass(annotation) else None
+
+
 def _build(cls, data: dict, path: str, base=None):
     fields = _fields(cls)
     values = {key: copy.deepcopy(getattr(base, key)) for key in fields} if base is not None else {}
@@ -406,8 +464,8 @@ def _build(cls, data: dict, path: str, base=None):
         if key not in fields:
             raise _unknown(path, key, fields, cls)
         annotation = fields[key]
-        if dataclasses.is_dataclass(annotation) or annotation == ModelConfig:
-            values[key] = _section(annotation, value, path + key, values.get(key))
+        if annotation == ModelConfig or _section_class(annotation) is not None:
+            values[key] = _section(_section_class(annotation) or annotation, value, path + key, values.get(key))
         else:
             values[key] = _check_type(path + key, value, annotation)
     try:

@@ -1,5 +1,6 @@
 """Continuous-time diffusion: schedules, parameterizations, losses, samplers and guidance."""
 
+from .distillation import distillation_loss, distillation_target
 from .guidance import (
     ClassifierFreeGuidance,
     Conditioned,
@@ -37,7 +38,8 @@ from .schedules import (
 __all__ = [
     "ClassifierFreeGuidance", "Conditioned", "Replacement", "ReconstructionGuidance", "SuperResolutionGuidance",
     "area_downsample", "Thresholded", "dynamic_threshold", "static_threshold",
-    "diffusion_loss", "sample_times", "FrameNoise", "Denoiser", "loss_weight", "noise_level", "x_from_output",
+    "diffusion_loss", "sample_times", "distillation_loss", "distillation_target",
+    "FrameNoise", "Denoiser", "loss_weight", "noise_level", "x_from_output",
     "SAMPLERS", "SamplerEntry", "ancestral_step", "ddim_step", "dpmpp_2m_step", "langevin_step", "sample_ancestral",
     "sample_ddim", "sample_dpmpp_2m", "time_grid",
     "CosineSchedule", "DDPMLinearSchedule", "InterpolatedCosineSchedule", "Schedule", "ShiftedCosineSchedule",

@@ -30,11 +30,12 @@ from ..checkpoint import (
     CheckpointWriteError,
     load_optimizer_state,
     load_state,
+    read_step,
     rng_state_from_json,
     rng_state_to_json,
     save_checkpoint,
 )
-from ..config import RunConfig, save_config
+from ..config import ConfigError, RunConfig, save_config
 from ..data import ResumableBatchSampler
 from ..data.media import to_uint8, write_videos
 from ..diffusion import diffusion_loss
@@ -45,7 +46,7 @@ from .lock import RunLock, RunLocked
 from .resume import check_resumable, checkpoint_to_resume
 from .signals import EXIT_RESUMABLE, StopSignals
 
-__all__ = ["train", "TrainingError", "TrainResult", "learning_rate", "EXIT_RESUMABLE"]
+__all__ = ["train", "TrainingError", "TrainResult", "learning_rate", "Objective", "EXIT_RESUMABLE"]
 
 
 class TrainingError(RuntimeError):
@@ -106,16 +107,50 @@ def _distributed() -> _Process:
     return _Process(rank, world, torch.device("cpu"))
 
 
-def learning_rate(cfg: RunConfig, step: int) -> float:
+def learning_rate(cfg: RunConfig, step: int, steps: Optional[int] = None) -> float:
     """lr for the update that makes step + 1: linear warm-up over train.warmup_steps, then constant, and linear
-    decay towards 0 over the last train.decay_steps of train.steps (warmup-stable-decay; Hägele et al. 2024
-    find a short decay matches a cosine schedule of the whole run). A function of the step alone, so resume stays exact
-    and a finished run can be continued with a higher train.steps and a decay at its end."""
+    decay towards 0 over the last train.decay_steps of `steps` updates (default train.steps; a distillation round
+    passes its own length and step) (warmup-stable-decay; Hägele et al. 2024 find a short decay matches a cosine
+    schedule of the whole run). A function of the step alone, so resume stays exact and a finished run can be
+    continued with a higher train.steps and a decay at its end."""
     tc = cfg.train
     factor = min(1.0, (step + 1) / max(1, tc.warmup_steps))
     if tc.decay_steps:
-        factor = min(factor, (tc.steps - step) / tc.decay_steps)
+        factor = min(factor, ((tc.steps if steps is None else steps) - step) / tc.decay_steps)
     return tc.lr * factor
+
+
+class Objective:
+    """What the trainer fits, and the settings that may change as it goes. This one, the default, is the diffusion
+    loss on the data (spec A6) under one config; distillation (`kinema.train.distill`) changes the target and, round
+    by round, the config. Built once per run: it holds the schedule and the noise prior."""
+
+    verb = "training"  # the progress bar's word
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg, self.schedule, self.prior = cfg, build_schedule(cfg.diffusion), build_noise(cfg.diffusion)
+
+    def config(self, step: int) -> RunConfig:
+        """The config written with a checkpoint at `step` and used for its preview."""
+        return self.cfg
+
+    def learning_rate(self, step: int) -> float:
+        """lr of the update that makes step + 1."""
+        return learning_rate(self.cfg, step)
+
+    def before_step(self, state: "_State") -> None:
+        """Called before every update, on a fresh or a resumed state alike (so resume stays exact)."""
+
+    def loss(self, forward, x: torch.Tensor, cond: dict, generator: torch.Generator) -> torch.Tensor:
+        """Per-example loss (B,) of clean data x; `forward(z, noise_level, **cond)` is the network being trained."""
+        return diffusion_loss(forward, self.schedule, x, prediction=self.cfg.diffusion.prediction,
+                              weighting=self.cfg.diffusion.weighting, cond=cond, generator=generator,
+                              noise_sampler=self.prior.like)
+
+    def record(self, step: int) -> dict:
+        """Fields added to the log line, the progress bar and state.json at `step`."""
+        return {}
+
 
 
 class _Log:
@@ -278,7 +313,7 @@ def _conditioning(batch: dict, cfg: RunConfig, state: _State, text_encoder, devi
 
 
 def _optimizer_step(cfg: RunConfig, state: _State, proc: _Process, batches: Iterator[dict], text_encoder,
-                    schedule, prior) -> tuple:
+                    objective: Objective) -> tuple:
     """One update from train.grad_accum micro-batches; returns (loss averaged over ranks, grad norm)."""
     tc = cfg.train
 
@@ -286,8 +321,9 @@ def _optimizer_step(cfg: RunConfig, state: _State, proc: _Process, batches: Iter
         with autocast(state.precision, proc.device):
             return state.parallel(z, level, **cond)
 
+    objective.before_step(state)
     for group in state.optimizer.param_groups:
-        group["lr"] = learning_rate(cfg, state.step)
+        group["lr"] = objective.learning_rate(state.step)
     total = torch.zeros((), device=proc.device)
     for k in range(tc.grad_accum):
         batch = next(batches)
@@ -296,9 +332,7 @@ def _optimizer_step(cfg: RunConfig, state: _State, proc: _Process, batches: Iter
         cond = _conditioning(batch, cfg, state, text_encoder, proc.device)
         sync = state.parallel.no_sync() if proc.world > 1 and k < tc.grad_accum - 1 else nullcontext()
         with sync:
-            loss = diffusion_loss(forward, schedule, x, prediction=cfg.diffusion.prediction,
-                                  weighting=cfg.diffusion.weighting, cond=cond, generator=state.generator,
-                                  noise_sampler=prior.like).mean()
+            loss = objective.loss(forward, x, cond, state.generator).mean()
             state.scaler.scale(loss / tc.grad_accum).backward()
         total += loss.detach() / tc.grad_accum
     if proc.world > 1:
@@ -319,7 +353,7 @@ def _optimizer_step(cfg: RunConfig, state: _State, proc: _Process, batches: Iter
     return loss_value, float(grad_norm)
 
 
-def _save(cfg: RunConfig, run_dir: Path, state: _State, proc: _Process) -> Optional[Path]:
+def _save(cfg: RunConfig, run_dir: Path, state: _State, proc: _Process, extra: dict) -> Optional[Path]:
     """Called on every rank: each contributes its RNG states; rank 0 writes the checkpoint. A failed write stops
     every rank with a TrainingError naming the step reached and the last good checkpoint."""
     rng = {"generator": rng_state_to_json(state.generator.get_state()),
@@ -333,7 +367,7 @@ def _save(cfg: RunConfig, run_dir: Path, state: _State, proc: _Process) -> Optio
     written, error = None, None
     if proc.is_main:
         record = {"step": state.step, "batches": state.batches, "rng": {str(r): s for r, s in enumerate(per_rank)},
-                  "precision": state.precision, "world_size": proc.world}
+                  "precision": state.precision, "world_size": proc.world, **extra}
         optimizer = {"optimizer": state.optimizer.state_dict(), "scaler": state.scaler.state_dict()}
         try:
             written = save_checkpoint(run_dir / "checkpoints", cfg, state.network, state.ema.model, optimizer, record,
@@ -365,30 +399,35 @@ def _write_preview(cfg: RunConfig, run_dir: Path, state: _State, device: torch.d
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          max_steps: Optional[int] = None) -> TrainResult:
+          max_steps: Optional[int] = None, objective: Optional[Objective] = None) -> TrainResult:
     """Train `cfg` into `run_dir` (config.toml, metrics.jsonl, samples/, checkpoints/).
 
     With `resume=True` training continues from the newest intact checkpoint in `run_dir`. SIGTERM, SIGINT or
     SIGUSR1 stop it after the current step with a checkpoint (`stopped_by` "signal …"). `max_steps` stops this call
-    early (the run's target stays cfg.train.steps); it exists for tests and demos.
+    early (the run's target stays cfg.train.steps); it exists for tests and demos. `objective` (default: the
+    diffusion loss, `Objective(cfg)`) is what is fitted; `kinema.train.distill` passes another.
     """
     run_dir, proc, cfg = Path(run_dir), _distributed(), resolve_model(cfg)
     _micro_batch(cfg, proc.world)
     if resume and not (run_dir / "checkpoints").is_dir():
         raise FileNotFoundError(f"{run_dir}: nothing to resume (no checkpoints/step_* folder)")
+    if cfg.distill is not None and objective is None:
+        raise ConfigError(f"{run_dir} is a distillation (its config has a distill section): continue it with "
+                          f"kinema distill TEACHER --name {cfg.name} --resume, or kinema.train.distill")
+    objective = objective or Objective(cfg)
     state = _new_state(cfg, proc)  # built (and its size checked) before the run folder is touched
     with _run_lock(run_dir, proc), StopSignals() as signals:
         last, notes = checkpoint_to_resume(run_dir, resume)
-        notes += check_resumable(cfg, last) if last is not None else []
+        notes += check_resumable(objective.config(read_step(last)), last) if last is not None else []
         for note in notes:
             _say(proc, note)
         if last is not None:
             _restore(state, last, cfg, proc)
-        return _train(cfg, run_dir, proc, state, signals, progress, max_steps)
+        return _train(cfg, run_dir, proc, state, signals, progress, max_steps, objective)
 
 
 def _train(cfg: RunConfig, run_dir: Path, proc: _Process, state: _State, signals: StopSignals, progress: bool,
-           max_steps: Optional[int]) -> TrainResult:
+           max_steps: Optional[int], objective: Objective) -> TrainResult:
     tc = cfg.train
     state.parallel = DistributedDataParallel(state.network) if proc.world > 1 else state.network
     batches = _batches(cfg, state, proc, progress)
@@ -402,26 +441,27 @@ def _train(cfg: RunConfig, run_dir: Path, proc: _Process, state: _State, signals
     log = _Log(run_dir, proc.is_main, state.step)
     end = tc.steps if max_steps is None else min(tc.steps, max_steps)
     start_time, start_step, stopped_by = time.time(), state.step, "steps"
-    bar = tqdm(total=tc.steps, initial=state.step, desc=f"training {cfg.name}",
+    bar = tqdm(total=tc.steps, initial=state.step, desc=f"{objective.verb} {cfg.name}",
                disable=not (progress and proc.is_main), dynamic_ncols=True)
-    schedule, prior = build_schedule(cfg.diffusion), build_noise(cfg.diffusion)
     state.network.train()
     try:
         while state.step < end:
-            loss, grad_norm = _optimizer_step(cfg, state, proc, batches, text_encoder, schedule, prior)
+            loss, grad_norm = _optimizer_step(cfg, state, proc, batches, text_encoder, objective)
+            extra = objective.record(state.step)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.set_postfix(loss=f"{loss:.4f}", **extra)
             if state.step % tc.log_every == 0 or state.step == end:
                 elapsed = time.time() - start_time
                 log.write({"step": state.step, "loss": loss, "lr": state.optimizer.param_groups[0]["lr"],
                            "grad_norm": grad_norm, "steps_per_s": (state.step - start_step) / elapsed,
-                           "elapsed_s": elapsed})
+                           "elapsed_s": elapsed, **extra})
             stop = _stop_reason(cfg, proc, start_time, signals)
+            step_cfg = objective.config(state.step)
             if state.step % tc.checkpoint_every == 0 or state.step == end or stop:
-                state.saved = _save(cfg, run_dir, state, proc) or state.saved
+                state.saved = _save(step_cfg, run_dir, state, proc, extra) or state.saved
             if proc.is_main and tc.sample_every > 0 and (state.step % tc.sample_every == 0 or state.step == end
                                                          or stop == "time limit"):
-                _write_preview(cfg, run_dir, state, proc.device)
+                _write_preview(step_cfg, run_dir, state, proc.device)
             if stop:
                 stopped_by = stop
                 break
