@@ -131,6 +131,9 @@ def test_a_pickle_naming_other_globals_is_refused_before_anything_runs(tmp_path)
     assert f"the global {os.system.__module__}.system" in str(err.value) and "nothing from the file was run" in str(
         err.value)
     assert not marker.exists() and "\n" not in str(err.value)
+    result = CliRunner().invoke(main, ["eval", str(tmp_path), "--num", "2", "--fvd-weights", str(evil)])
+    assert result.exit_code == 1 and "refused: the pickle asks for the global" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not marker.exists()
     ordered = tmp_path / "ordered.ckpt"  # even a harmless class is not a plain container
     from collections import OrderedDict
 
@@ -148,7 +151,7 @@ def test_a_pickle_naming_other_globals_is_refused_before_anything_runs(tmp_path)
     (lambda t: t["params"]["Conv3d_2b_1x1"]["Conv_0"].update(kernel=np.zeros((1, 1, 1, 64, 32), np.float32)),
      "wrong shapes 1: params/Conv3d_2b_1x1/Conv_0/kernel (1, 1, 1, 64, 32) does not fit"),
     (lambda t: t["batch_stats"]["Conv3d_1a_7x7"]["BatchNorm_0"].update(mean=np.zeros(64, np.int64)),
-     "batch_stats/Conv3d_1a_7x7/BatchNorm_0/mean is a int64 array"),
+     "batch_stats/Conv3d_1a_7x7/BatchNorm_0/mean is not a float array (int64 array)"),
 ])
 def test_a_wrong_checkpoint_names_the_key(net, tmp_path, change, message):
     tree = flax_variables(net)

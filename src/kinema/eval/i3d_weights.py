@@ -73,7 +73,7 @@ def _flatten(tree: dict, path: Path, prefix: str = "") -> dict[str, np.ndarray]:
             flat[name] = value
         else:
             kind = f"{value.dtype} array" if isinstance(value, np.ndarray) else type(value).__name__
-            raise I3DWeightsError(f"{path}: {name} is a {kind}; an I3D checkpoint holds float arrays only")
+            raise I3DWeightsError(f"{path}: {name} is not a float array ({kind}); an I3D checkpoint holds only those")
     return flat
 
 
