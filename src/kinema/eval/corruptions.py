@@ -12,6 +12,14 @@ Each corruption keeps every frame a clean, recognisable digit image and breaks o
 A metric validates if real held-out clips score as real and each corruption scores clearly worse on at least
 one temporal metric while recognisability stays high (`validation_table`, `benchmarks/oracle_validation.py`).
 
+Appearance corruptions (`APPEARANCE`) keep time intact and degrade every frame alike, at three strengths each:
+
+* blur σ   — a Gaussian blur of σ = 0.5, 1 or 2 pixels (at the clip's own resolution);
+* noise σ  — Gaussian pixel noise of σ = 0.05, 0.1 or 0.2 of the value range, clipped.
+
+They are what FVD should see first (spec F1, "content bias"); `fvd_table` and `benchmarks/fvd_validation.py` score
+all of them with FVD against real vs real.
+
 One control (`CONTROLS`) changes what a temporal metric must *not* see:
 
 * restyled — every frame redrawn with its own blur, contrast and pixel noise, as a generator draws the same
@@ -21,7 +29,7 @@ One control (`CONTROLS`) changes what a temporal metric must *not* see:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +37,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.moving_digits import MovingDigits
+from .frechet import frechet_distance_from_features
+from .i3d import InceptionI3d, i3d_features
 from .oracle import DigitOracle
 
-__all__ = ["CORRUPTIONS", "CONTROLS", "corrupt", "restyled", "validation_table", "format_table"]
+__all__ = ["CORRUPTIONS", "CONTROLS", "APPEARANCE", "GENERIC", "corrupt", "restyled", "blurred", "noised",
+           "digit_sets", "validation_table", "format_table", "fvd_table"]
 
 
 def _reflect_path(start: np.ndarray, velocity: np.ndarray, frames: int, limit: float) -> np.ndarray:
@@ -102,31 +113,75 @@ def restyled(ds: MovingDigits, item: dict, rng: np.random.Generator) -> Tensor:
     return (x * gain + noise).clamp(0, 1) * 2 - 1
 
 
+def blurred(video: Tensor, sigma: float) -> Tensor:
+    """Every frame of a video (C, F, H, W) in [-1, 1] blurred by a Gaussian of `sigma` pixels (taps to ±3σ,
+    edges replicated)."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    taps = torch.arange(-radius, radius + 1.0)
+    kernel = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+    kernel = (kernel / kernel.sum()).to(video.dtype)
+    c, f, h, w = video.shape
+    x = F.pad(video.reshape(c * f, 1, h, w), (radius,) * 4, mode="replicate")
+    x = F.conv2d(F.conv2d(x, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+    return x.reshape(c, f, h, w)
+
+
+def noised(video: Tensor, sigma: float, rng: np.random.Generator) -> Tensor:
+    """A video (C, F, H, W) in [-1, 1] plus Gaussian noise of `sigma` in [0, 1] units, clipped to the range."""
+    noise = torch.from_numpy(rng.normal(0.0, 2 * sigma, video.shape)).to(video.dtype)
+    return (video + noise).clamp(-1, 1)
+
+
+def held(ds, item: dict, rng: np.random.Generator) -> Tensor:
+    """The first frame held for the whole clip: `frozen` for any video."""
+    video = item["video"]
+    return video[:, :1].expand_as(video).clone()
+
+
 Corruption = Callable[[MovingDigits, dict, np.random.Generator], Tensor]
 CORRUPTIONS: dict[str, Corruption] = {"shuffled": shuffled, "swapped": swapped, "frozen": frozen, "jumping": jumping}
 CONTROLS: dict[str, Corruption] = {"restyled": restyled}
+BLUR_SIGMAS, NOISE_SIGMAS = (0.5, 1.0, 2.0), (0.05, 0.1, 0.2)
+APPEARANCE: dict[str, Corruption] = {
+    **{f"blur σ={s:g}": lambda ds, item, rng, s=s: blurred(item["video"], s) for s in BLUR_SIGMAS},
+    **{f"noise σ={s:g}": lambda ds, item, rng, s=s: noised(item["video"], s, rng) for s in NOISE_SIGMAS},
+}
+# the corruptions that need nothing but the video: they apply to real footage too
+GENERIC: dict[str, Corruption] = {"shuffled": shuffled, "held": held, **APPEARANCE}
+_ALL = {**CORRUPTIONS, **CONTROLS, **APPEARANCE, **GENERIC}
 
 
-def corrupt(ds: MovingDigits, items: list[dict], kind: str, seed: int = 0) -> Tensor:
-    """Corrupted (or control) videos (N, 1, F, H, W) of dataset items (from `ds`, which must have drawn them)."""
+def corrupt(ds: Optional[MovingDigits], items: list[dict], kind: str, seed: int = 0) -> Tensor:
+    """Corrupted (or control) videos (N, C, F, H, W) of dataset items (from `ds`, which must have drawn them; a
+    `GENERIC` corruption needs only the items' "video")."""
     rng = np.random.default_rng(seed)
-    change = CORRUPTIONS.get(kind) or CONTROLS.get(kind)
+    change = _ALL.get(kind)
     if change is None:
-        raise ValueError(f"unknown corruption {kind!r}; choose from {sorted(CORRUPTIONS) + sorted(CONTROLS)}")
+        raise ValueError(f"unknown corruption {kind!r}; choose from {sorted(_ALL)}")
+    if ds is None and kind not in GENERIC:
+        raise ValueError(f"the {kind} corruption redraws Moving Digits; it needs the dataset that drew the items")
     return torch.stack([change(ds, item, rng) for item in items])
+
+
+def digit_sets(num: int, frames: int, size: int, num_digits: int, digit_size: int, speed: tuple[float, float],
+               seed: int = 0, kinds: Sequence[str] = (*CORRUPTIONS, *CONTROLS)) -> tuple[dict[str, Tensor], Tensor]:
+    """Held-out Moving Digits clips 0…num−1 ("real") and each corruption of them, and the reference: clips
+    num…2num−1, disjoint from them. Videos (num, 1, F, H, W)."""
+    ds = MovingDigits("test", frames, size, num_digits, digit_size, speed, seed=seed)
+    items = [ds[i] for i in range(num)]
+    reference = torch.stack([ds[num + i]["video"] for i in range(num)])
+    rows = {"real": torch.stack([it["video"] for it in items])}
+    rows.update({kind: corrupt(ds, items, kind, seed) for kind in kinds})
+    return rows, reference
 
 
 def validation_table(num: int = 256, frames: int = 8, size: int = 32, num_digits: int = 1, digit_size: int = 14,
                      speed: tuple[float, float] = (1.0, 3.0), seed: int = 0) -> dict[str, dict[str, float]]:
     """Oracle metrics of `num` real held-out clips, of their corruptions and of the controls; each row's
     `oracle_fd` is against `num` other real held-out clips (so the real row's FD is the noise floor at this N)."""
-    ds = MovingDigits("test", frames, size, num_digits, digit_size, speed, seed=seed)
-    items = [ds[i] for i in range(num)]
-    reference = torch.stack([ds[num + i]["video"] for i in range(num)])
+    rows, reference = digit_sets(num, frames, size, num_digits, digit_size, speed, seed)
     oracle = DigitOracle(num_digits, digit_size, speed)
     ref_features = oracle.clip_features(reference)
-    rows = {"real": torch.stack([it["video"] for it in items])}
-    rows.update({kind: corrupt(ds, items, kind, seed) for kind in (*CORRUPTIONS, *CONTROLS)})
     table = {}
     for name, videos in rows.items():
         det = oracle.detect(videos)
@@ -147,3 +202,12 @@ def format_table(table: dict[str, dict[str, float]], title: str = "") -> str:
         cells = [f"{values[key]:.2f}" if key == "oracle_fd" else f"{values[key]:.1%}" for key, _ in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def fvd_table(i3d: InceptionI3d, sets: dict[str, Tensor], reference: Tensor, batch_size: int = 8,
+              progress: bool = False) -> dict[str, float]:
+    """FVD of each set of videos (N, C, F, H, W) in [-1, 1] against `reference` (`kinema.eval.i3d` protocol). With
+    "real" a real set disjoint from the reference (`digit_sets`), its value is the real-vs-real floor at this N."""
+    ref = i3d_features(i3d, reference, batch_size, progress=progress)
+    return {name: frechet_distance_from_features(ref, i3d_features(i3d, videos, batch_size, progress=progress))
+            for name, videos in sets.items()}

