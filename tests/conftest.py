@@ -11,11 +11,11 @@ import pytest
 from helpers import micro
 
 
-def _trained(tmp_path_factory, name: str, **kwargs):
+def _trained(tmp_path_factory, name: str, *overrides: str, **kwargs):
     from kinema.train import train
 
     path = tmp_path_factory.mktemp(name) / "run"
-    train(micro("train.steps=3", **kwargs), path, progress=False)
+    train(micro("train.steps=3", *overrides, **kwargs), path, progress=False)
     return path
 
 
@@ -29,3 +29,10 @@ def micro_run(tmp_path_factory):
 def micro_dit_run(tmp_path_factory):
     """A DiT micro run trained 3 steps."""
     return _trained(tmp_path_factory, "micro-dit", dit=True)
+
+
+@pytest.fixture(scope="session", params=["unet3d", "dit"])
+def framecond_run(request, tmp_path_factory):
+    """A micro run of each backbone trained 3 steps with model.frame_conditioning (every pattern)."""
+    return _trained(tmp_path_factory, f"micro-framecond-{request.param}", "model.frame_conditioning=true",
+                    dit=request.param == "dit")
