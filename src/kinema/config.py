@@ -141,6 +141,9 @@ class TrainConfig:
     label_dropout: float = 0.1  # classifier-free guidance: labels replaced by the null class this often
     text_conditional: bool = False  # condition on captions (moving-digits) through the bundled sentence encoder
     text_dropout: float = 0.1  # classifier-free guidance: captions dropped (null text) this often
+    # frame conditioning (model.frame_conditioning): relative weights of the known-frame patterns drawn per example,
+    # (none, prefix of k frames, first and last, random subset); "none" is also the dropped condition of guidance
+    frame_patterns: Tuple[float, float, float, float] = (0.1, 0.5, 0.2, 0.2)
     log_every: int = 10
     sample_every: int = 500  # 0 disables sample videos during training
     sample_count: int = 16
@@ -171,6 +174,10 @@ class TrainConfig:
         for name in ("label_dropout", "text_dropout"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"train.{name} must lie in [0, 1]; got {getattr(self, name)}")
+        self.frame_patterns = tuple(float(w) for w in self.frame_patterns)
+        if len(self.frame_patterns) != 4 or min(self.frame_patterns) < 0 or not sum(self.frame_patterns) > 0:
+            raise ConfigError("train.frame_patterns must be 4 weights >= 0, not all 0, of the patterns (none, prefix, "
+                              f"first_last, subset); got {self.frame_patterns}")
 
 
 @dataclass
@@ -184,6 +191,7 @@ class SampleConfig:
     langevin_steps: int = 0
     langevin_delta: float = 0.1
     guidance: float = 0.0
+    frame_guidance: float = 0.0  # classifier-free guidance over the known frames of a frame-conditioned model
     seed: int = 0
     fps: float = 8.0
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto: the network's autocast format while sampling
@@ -203,6 +211,8 @@ class SampleConfig:
             raise ConfigError(f"sample.langevin_steps must be 0 or more; got {self.langevin_steps}")
         if not self.langevin_delta > 0:
             raise ConfigError(f"sample.langevin_delta must be positive; got {self.langevin_delta}")
+        if self.frame_guidance < 0:
+            raise ConfigError(f"sample.frame_guidance must be 0 or more; got {self.frame_guidance}")
         _choice("sample.precision", self.precision, PRECISIONS)
 
 
@@ -247,6 +257,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.distill is not None:
             _check_distill(self)
+        if getattr(self.model, "frame_conditioning", False) and self.data.frames < 2:
+            raise ConfigError(f"model.frame_conditioning needs clips of at least 2 frames (one known, one to "
+                              f"generate); data.frames is {self.data.frames}")
         d, t = self.data, self.train
         clips = -(-t.batch_size // t.grad_accum)  # one process's micro-batch
         elements = clips * d.frames * d.height * d.width * d.channels
@@ -261,6 +274,9 @@ class RunConfig:
 def _check_distill(cfg: RunConfig) -> None:
     """A distillation's run settings that its rounds depend on, each refused with the field named."""
     dc, tc = cfg.distill, cfg.train
+    if getattr(cfg.model, "frame_conditioning", False):
+        raise ConfigError("model.frame_conditioning: distilling a frame-conditioned model is not supported yet (the "
+                          "student's loss would count the known frames); distil a model without it")
     if tc.steps != dc.rounds * dc.steps_per_round:
         raise ConfigError(f"train.steps ({tc.steps}) of a distillation must be its {dc.rounds} rounds × "
                           f"distill.steps_per_round ({dc.steps_per_round}) = {dc.rounds * dc.steps_per_round}; "

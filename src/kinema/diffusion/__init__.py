@@ -4,6 +4,7 @@ from .distillation import distillation_loss, distillation_target
 from .guidance import (
     ClassifierFreeGuidance,
     Conditioned,
+    FrameConditioned,
     ReconstructionGuidance,
     Replacement,
     SuperResolutionGuidance,
@@ -36,7 +37,8 @@ from .schedules import (
 )
 
 __all__ = [
-    "ClassifierFreeGuidance", "Conditioned", "Replacement", "ReconstructionGuidance", "SuperResolutionGuidance",
+    "ClassifierFreeGuidance", "Conditioned", "FrameConditioned", "Replacement",
+    "ReconstructionGuidance", "SuperResolutionGuidance",
     "area_downsample", "Thresholded", "dynamic_threshold", "static_threshold",
     "diffusion_loss", "sample_times", "distillation_loss", "distillation_target",
     "FrameNoise", "Denoiser", "loss_weight", "noise_level", "x_from_output",

@@ -26,7 +26,8 @@ from .noise import NoiseSampler, randn_like
 from .parameterization import broadcast_like
 from .schedules import Schedule
 
-__all__ = ["ClassifierFreeGuidance", "Conditioned", "static_threshold", "dynamic_threshold", "Thresholded",
+__all__ = ["ClassifierFreeGuidance", "Conditioned", "FrameConditioned", "static_threshold",
+           "dynamic_threshold", "Thresholded",
            "Replacement", "ReconstructionGuidance", "SuperResolutionGuidance", "area_downsample"]
 
 CondDenoise = Callable[..., Tensor]
@@ -80,6 +81,54 @@ class ClassifierFreeGuidance:
         x_both = self.denoise(torch.cat([z, z]), torch.cat([t, t]), self._both)
         x_cond, x_uncond = x_both.chunk(2)
         return x_cond + self.weight * (x_cond - x_uncond)
+
+
+class FrameConditioned:
+    """Trained frame conditioning: a conditional denoiser that also passes known frames to a frame-conditioned
+    network, `FrameConditioned(denoise, known, positions)(z, t, cond) == denoise(z, t, cond + known frames)`.
+
+    `known` (B, C, K, H, W) holds the frames at frame positions `positions` of z; the network receives them as
+    `known_frames` (B, C, F, H, W), zero elsewhere, and `known_mask` (B, F). It returns a conditional denoiser, so
+    label/text guidance (`ClassifierFreeGuidance`, whose doubled batch gets the frames twice) and the known-data
+    wrappers (`Replacement`, `ReconstructionGuidance`) compose around it. With `weight` w > 0 it is also
+    classifier-free guidance over the frames, x̃ = (1 + w) x̂(z, frames) − w x̂(z, no frames), in one doubled pass;
+    "no frames" is the all-False mask the model was trained on for the dropped condition.
+    """
+
+    def __init__(self, denoise: CondDenoise, known: Tensor, positions: Sequence[int], weight: float = 0.0):
+        positions = [int(p) for p in positions]
+        if known.ndim != 5 or known.shape[2] != len(positions):
+            raise ValueError(f"known frames must have shape (B, C, K, H, W) with K = {len(positions)} positions; "
+                             f"got {tuple(known.shape)}")
+        if len(set(positions)) != len(positions) or min(positions, default=0) < 0:
+            raise ValueError(f"positions must be distinct non-negative frame indices; got {positions}")
+        self.denoise, self.known, self.positions = denoise, known, positions
+        self.weight = _check_weight(weight, "frame guidance weight")
+
+    def inputs(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(known_frames (N, C, F, H, W), known_mask (N, F)) for z of batch N, a multiple of the known batch."""
+        batch, frames = z.shape[0], z.shape[2]
+        if batch % self.known.shape[0] or max(self.positions, default=-1) >= frames:
+            raise ValueError(f"known frames of shape {tuple(self.known.shape)} at {self.positions} do not fit z of "
+                             f"shape {tuple(z.shape)}")
+        known_frames = z.new_zeros(z.shape)
+        tiles = batch // self.known.shape[0]  # tiled, as CFG's torch.cat([z, z]) lays out its doubled batch
+        known_frames[:, :, self.positions] = self.known.to(z).repeat(tiles, 1, 1, 1, 1)
+        known_mask = torch.zeros(batch, frames, dtype=torch.bool, device=z.device)
+        known_mask[:, self.positions] = True
+        return known_frames, known_mask
+
+    def __call__(self, z: Tensor, t: Tensor, cond: Optional[Mapping[str, Any]] = None) -> Tensor:
+        cond = dict(cond or {})
+        known_frames, known_mask = self.inputs(z)
+        given = {**cond, "known_frames": known_frames, "known_mask": known_mask}
+        if self.weight == 0.0:
+            return self.denoise(z, t, given)
+        t = torch.as_tensor(t, device=z.device).expand(z.shape[0]) if torch.as_tensor(t).ndim == 0 else t
+        dropped = {**cond, "known_frames": known_frames, "known_mask": torch.zeros_like(known_mask)}
+        x_both = self.denoise(torch.cat([z, z]), torch.cat([t, t]), _concat_cond(given, dropped))
+        x_given, x_dropped = x_both.chunk(2)
+        return x_given + self.weight * (x_given - x_dropped)
 
 
 def static_threshold(x_hat: Tensor) -> Tensor:

@@ -54,6 +54,7 @@ def diffusion_loss(
     generator: Optional[torch.Generator] = None,
     min_snr_gamma: float = 5.0,
     noise_sampler: Optional[NoiseSampler] = None,
+    loss_frames: Optional[Tensor] = None,
 ) -> Tensor:
     """Per-example loss, shape (B,), for clean data x of shape (B, C, ...).
 
@@ -63,6 +64,11 @@ def diffusion_loss(
     "auto" (the default) is the parameterization's own, `natural_weighting(prediction)`. ε is
     `noise` if given, else `noise_sampler(x, generator)` (the samplers' contract, e.g. `FrameNoise.like`
     for noise correlated across frames), else standard normal.
+
+    `loss_frames` (B, F) bool, for video x (B, C, F, H, W), counts only the frames where it is True: the squared
+    error is averaged over those frames alone (a masked mean), so a frame given to the network as known adds
+    nothing to the loss or its gradient, and an example's loss is on the scale of the unmasked one whatever the
+    number of frames it counts. Every example must count at least one frame.
     """
     if x.ndim < 2:
         raise ValueError(f"x must have shape (B, C, ...); got {tuple(x.shape)}")
@@ -92,5 +98,19 @@ def diffusion_loss(
         target = noise
     else:  # "x" and "both" are measured on x̂ directly
         output, target = x_from_output(prediction, output, z, a, s), x
-    squared_error = (output - target).pow(2).flatten(1).mean(dim=1)
+    squared_error = _frame_mean((output - target).pow(2), loss_frames)
     return squared_error * loss_weight(prediction, weighting, logsnr, min_snr_gamma).to(x.dtype)
+
+
+def _frame_mean(error: Tensor, loss_frames: Optional[Tensor]) -> Tensor:
+    """Per-example mean of `error` (B, C, F, ...), over the frames `loss_frames` (B, F) counts (all if None)."""
+    if loss_frames is None:
+        return error.flatten(1).mean(dim=1)
+    if error.ndim < 3 or loss_frames.shape != error.shape[:1] + error.shape[2:3]:
+        raise ValueError(f"loss_frames must have shape (B, F) = {tuple(error.shape[:1] + error.shape[2:3])}; "
+                         f"got {tuple(loss_frames.shape)}")
+    counted = loss_frames.to(device=error.device, dtype=torch.bool)
+    per_frame = error.transpose(1, 2).flatten(2).mean(dim=2)  # (B, F)
+    if not bool(counted.any(dim=1).all()):
+        raise ValueError("loss_frames leaves an example with no frame to count")
+    return torch.where(counted, per_frame, 0.0).sum(dim=1) / counted.sum(dim=1)

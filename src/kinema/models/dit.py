@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attention, frame_attention_mask
 from .embeddings import ClassEmbedding, NoiseLevelEmbedding, TextPooling, conditioning_embedding
+from .known_frames import input_channels, with_known_frames
 from .positions import apply_rope, rope_tables, sincos_position_embedding
 
 __all__ = ["DiTConfig", "DiT", "DIT_PRESETS", "patchify", "unpatchify", "patch_grid"]
@@ -58,6 +59,7 @@ class DiTConfig:
     position: str = "sincos"  # sincos | rope
     num_classes: int = 0  # 0: no class conditioning
     text_dim: int = 0  # 0: no text conditioning
+    frame_conditioning: bool = False  # known frames and their mask as extra input channels (models/known_frames.py)
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -221,7 +223,8 @@ class DiT(nn.Module):
         cfg = replace(config if config is not None else DiTConfig(), **overrides)
         self.config = cfg
         dim, volume = cfg.hidden_dim, cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
-        self.patch_embedding = nn.Linear(volume * cfg.in_channels, dim)  # = Conv3d(kernel = stride = patch)
+        in_channels = input_channels(cfg.in_channels, cfg.frame_conditioning)
+        self.patch_embedding = nn.Linear(volume * in_channels, dim)  # = Conv3d(kernel = stride = patch)
         self.noise_embedding = NoiseLevelEmbedding(NOISE_FEATURES, dim, mlp_layers=2)
         self.class_embedding = ClassEmbedding(cfg.num_classes, dim) if cfg.num_classes > 0 else None
         self.text_pooling = TextPooling(cfg.text_dim, dim) if cfg.text_dim > 0 else None
@@ -246,6 +249,11 @@ class DiT(nn.Module):
         for layer in [block.modulation for block in self.blocks] + [self.final.modulation, self.final.linear]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.config.frame_conditioning:  # known-frame channels start silent, as in the U-Net
+            channels = input_channels(self.config.in_channels, True)
+            extra = torch.arange(self.patch_embedding.in_features) % channels >= self.config.in_channels
+            with torch.no_grad():  # patchify flattens (p_t p_h p_w c): the channel is the fastest index
+                self.patch_embedding.weight[:, extra] = 0
 
     @property
     def null_class(self) -> Optional[int]:
@@ -260,9 +268,11 @@ class DiT(nn.Module):
 
     def forward(self, z: Tensor, noise_level: Tensor, *, labels: Optional[Tensor] = None,
                 text: Optional[Tensor] = None, text_mask: Optional[Tensor] = None,
-                frame_mask: Optional[Tensor] = None) -> Tensor:
+                frame_mask: Optional[Tensor] = None, known_frames: Optional[Tensor] = None,
+                known_mask: Optional[Tensor] = None) -> Tensor:
         """z: (B, C, F, H, W); noise_level: (B,) in [0, 1]; labels: (B,) int; text: (B, D) or (B, L, D);
-        frame_mask: (B, F) bool, True = frame of the video clip, False = independent image (spec A10)."""
+        frame_mask: (B, F) bool, True = frame of the video clip, False = independent image (spec A10);
+        known_frames (B, C, F, H, W) and known_mask (B, F) bool: frame conditioning (models/known_frames.py)."""
         cfg = self.config
         if z.ndim != 5:
             raise ValueError(f"z must have shape (B, C, F, H, W); got {tuple(z.shape)}")
@@ -277,7 +287,8 @@ class DiT(nn.Module):
 
         c = F.silu(conditioning_embedding(noise_level, batch, z.device, self.noise_embedding, self.class_embedding,
                                           self.text_pooling, labels, text, text_mask))
-        x = self.patch_embedding(patchify(z, cfg.patch_size))  # (B, F', S, D)
+        z_in = with_known_frames(z, cfg.frame_conditioning, known_frames, known_mask)
+        x = self.patch_embedding(patchify(z_in, cfg.patch_size))  # (B, F', S, D)
         rope = None
         if cfg.position == "sincos":
             positions = sincos_position_embedding(grid, cfg.hidden_dim, z.device)  # (F', S, D)

@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import SpatialAttention, TemporalAttention, frame_attention_mask, group_norm
 from .embeddings import ClassEmbedding, NoiseLevelEmbedding, TextPooling, conditioning_embedding
+from .known_frames import input_channels, with_known_frames
 
 __all__ = ["UNet3DConfig", "UNet3D", "UNET_PRESETS"]
 
@@ -53,6 +54,7 @@ class UNet3DConfig:
     max_relative_distance: int = 32
     num_classes: int = 0  # 0: no class conditioning
     text_dim: int = 0  # 0: no text conditioning
+    frame_conditioning: bool = False  # known frames and their mask as extra input channels (models/known_frames.py)
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -208,7 +210,9 @@ class UNet3D(nn.Module):
         self.noise_embedding = NoiseLevelEmbedding(cfg.base_channels, emb_dim, cfg.emb_mlp_layers)
         self.class_embedding = ClassEmbedding(cfg.num_classes, emb_dim) if cfg.num_classes > 0 else None
         self.text_pooling = TextPooling(cfg.text_dim, emb_dim) if cfg.text_dim > 0 else None
-        self.input_conv = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.input_conv = nn.Conv2d(input_channels(cfg.in_channels, cfg.frame_conditioning), ch[0], 3, padding=1)
+        with torch.no_grad():  # known-frame channels start silent: at initialisation the condition changes nothing
+            self.input_conv.weight[:, cfg.in_channels:] = 0
 
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -251,9 +255,11 @@ class UNet3D(nn.Module):
 
     def forward(self, z: Tensor, noise_level: Tensor, *, labels: Optional[Tensor] = None,
                 text: Optional[Tensor] = None, text_mask: Optional[Tensor] = None,
-                frame_mask: Optional[Tensor] = None) -> Tensor:
+                frame_mask: Optional[Tensor] = None, known_frames: Optional[Tensor] = None,
+                known_mask: Optional[Tensor] = None) -> Tensor:
         """z: (B, C, F, H, W); noise_level: (B,) in [0, 1]; labels: (B,) int; text: (B, D) or (B, L, D);
-        frame_mask: (B, F) bool, True = frame of the video clip, False = independent image (spec A10)."""
+        frame_mask: (B, F) bool, True = frame of the video clip, False = independent image (spec A10);
+        known_frames (B, C, F, H, W) and known_mask (B, F) bool: frame conditioning (models/known_frames.py)."""
         if z.ndim != 5:
             raise ValueError(f"z must have shape (B, C, F, H, W); got {tuple(z.shape)}")
         batch, channels, frames, height, width = z.shape
@@ -270,7 +276,8 @@ class UNet3D(nn.Module):
                                      self.text_pooling, labels, text, text_mask)
         emb = F.silu(emb).repeat_interleave(frames, dim=0)  # one row per frame: (B·F, E)
 
-        h = self.input_conv(rearrange(z, "b c f h w -> (b f) c h w"))
+        z_in = with_known_frames(z, self.config.frame_conditioning, known_frames, known_mask)
+        h = self.input_conv(rearrange(z_in, "b c f h w -> (b f) c h w"))
         skips = [h]
         blocks = iter(self.down)
         for level in range(len(self.config.channel_mults)):

@@ -30,7 +30,8 @@ from ..config import RunConfig, with_sample
 from ..diffusion import ReconstructionGuidance, Replacement, SuperResolutionGuidance
 from .generation import check_output_size, conditioned_denoiser, conditioning, run_sampler
 
-__all__ = ["fill_frames", "plan_windows", "Window", "predict", "extend", "interpolate", "upsample", "check_clip",
+__all__ = ["fill_frames", "uses_frame_conditioning",
+           "plan_windows", "Window", "predict", "extend", "interpolate", "upsample", "check_clip",
            "METHODS", "DEFAULT_WEIGHT"]
 
 METHODS = ("reconstruction", "replacement")
@@ -54,6 +55,16 @@ def check_clip(video: Tensor, cfg: RunConfig, what: str = "context clip", spatia
     if not torch.is_floating_point(video):
         raise ValueError(f"{what} must be a float tensor in [-1, 1]; got dtype {video.dtype}")
     return video
+
+
+def uses_frame_conditioning(model: nn.Module, frame_conditioning: Optional[bool] = None) -> bool:
+    """Whether sampling passes the known frames to the network: by default when it was trained with frame
+    conditioning (model.frame_conditioning); False samples it as an unconditional model (its dropped condition)."""
+    trained = bool(getattr(getattr(model, "config", None), "frame_conditioning", False))
+    if frame_conditioning and not trained:
+        raise ValueError("frame_conditioning=True, but this model was trained without frame conditioning "
+                         "(model.frame_conditioning = false); condition it by replacement or reconstruction guidance")
+    return trained if frame_conditioning is None else bool(frame_conditioning)
 
 
 def _check_method(method: str, weight: float) -> None:
@@ -103,17 +114,24 @@ def plan_windows(known: Sequence[bool] | Tensor, window: int, overlap: int) -> l
 
 @torch.no_grad()
 def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence[bool] | Tensor, *,
-                method: str = "reconstruction", weight: float = DEFAULT_WEIGHT, overlap: Optional[int] = None,
+                method: Optional[str] = None, weight: float = DEFAULT_WEIGHT, overlap: Optional[int] = None,
                 low_res: Optional[Tensor] = None, sr_weight: float = 0.0, labels: Optional[Tensor] = None,
                 prompts: Optional[Sequence[str]] = None, window: Optional[int] = None,
-                progress: bool = False) -> Tensor:
+                frame_conditioning: Optional[bool] = None, progress: bool = False) -> Tensor:
     """Sample the frames of `video` (B, C, T, H, W) where `known` (T,) is False, keep the others.
 
     Windows of `window` frames (default: the training clip length; planned by `plan_windows`)
     start `overlap` frames before the first unknown frame (default: half a window); inside a
     window every known frame conditions the sample. `low_res` (B, C, T, h, w) adds super-resolution
     guidance with weight `sr_weight`; then the known frames in a window are imposed by replacement.
+
+    A frame-conditioned model also receives each window's known frames as input (`uses_frame_conditioning`;
+    `frame_conditioning=False` turns that off). `method` then defaults to "replacement", which on top of the trained
+    conditioning only keeps z^a on the forward process as in training; "reconstruction" adds its guidance. For
+    other models it defaults to "reconstruction".
     """
+    trained = uses_frame_conditioning(model, frame_conditioning)
+    method = method or ("replacement" if trained else "reconstruction")
     _check_method(method, weight)
     B, _, T = video.shape[:3]
     known = torch.as_tensor(known, dtype=torch.bool).clone()
@@ -142,6 +160,8 @@ def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence
         denoise = base
         if win.known:
             frames = out[:, :, span][:, :, list(win.known)]
+            if trained:
+                denoise = conditioned_denoiser(model, cfg, cond, uncond, known=(frames, win.known))
             if low_res is not None or method == "replacement" or weight == 0:
                 denoise = Replacement(denoise, schedule, frames, win.known, generator=gen, noise_sampler=prior.like)
             else:

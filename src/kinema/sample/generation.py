@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..build import build_noise, build_schedule
 from ..config import MAX_BATCH_ELEMENTS, MAX_FRAMES, RunConfig, SampleConfig
-from ..diffusion import SAMPLERS, ClassifierFreeGuidance, Conditioned, Denoiser
+from ..diffusion import SAMPLERS, ClassifierFreeGuidance, Conditioned, Denoiser, FrameConditioned
 from ..precision import autocast, resolve_precision
 
 __all__ = ["conditioning", "conditioned_denoiser", "run_sampler", "sampler_keywords", "sampling_record", "generate",
@@ -80,10 +80,14 @@ def rows(inputs: dict, start: int, n: int) -> dict:
     return {k: v[start:start + n] if isinstance(v, Tensor) else v for k, v in inputs.items()}
 
 
-def conditioned_denoiser(model: nn.Module, cfg: RunConfig, cond: dict, uncond: dict) -> Denoise:
+def conditioned_denoiser(model: nn.Module, cfg: RunConfig, cond: dict, uncond: dict,
+                         known: Optional[tuple[Tensor, Sequence[int]]] = None) -> Denoise:
     """The sampler contract denoise(z, t) -> x̂ for one batch: the network, its schedule, and classifier-free
-    guidance when sample.guidance > 0."""
+    guidance when sample.guidance > 0. `known` = (frames (B, C, K, H, W), their positions) passes known frames to a
+    frame-conditioned network (`FrameConditioned`, guided over them by sample.frame_guidance)."""
     denoiser = Denoiser(model, build_schedule(cfg.diffusion), cfg.diffusion.prediction)
+    if known is not None:
+        denoiser = FrameConditioned(denoiser, known[0], known[1], cfg.sample.frame_guidance)
     if cfg.sample.guidance > 0 and cond:
         return ClassifierFreeGuidance(denoiser, cond, uncond, cfg.sample.guidance)
     return Conditioned(denoiser, cond)

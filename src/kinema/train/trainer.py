@@ -43,6 +43,7 @@ from ..precision import autocast, resolve_precision
 from ..sample import generate
 from .ema import EMA
 from .lock import RunLock, RunLocked
+from .patterns import draw_known_masks
 from .resume import check_resumable, checkpoint_to_resume
 from .signals import EXIT_RESUMABLE, StopSignals
 
@@ -142,10 +143,12 @@ class Objective:
         """Called before every update, on a fresh or a resumed state alike (so resume stays exact)."""
 
     def loss(self, forward, x: torch.Tensor, cond: dict, generator: torch.Generator) -> torch.Tensor:
-        """Per-example loss (B,) of clean data x; `forward(z, noise_level, **cond)` is the network being trained."""
+        """Per-example loss (B,) of clean data x; `forward(z, noise_level, **cond)` is the network being trained.
+        With frame conditioning (cond["known_mask"]) only the unknown frames count (a masked mean over them)."""
+        known = cond.get("known_mask")
         return diffusion_loss(forward, self.schedule, x, prediction=self.cfg.diffusion.prediction,
                               weighting=self.cfg.diffusion.weighting, cond=cond, generator=generator,
-                              noise_sampler=self.prior.like)
+                              noise_sampler=self.prior.like, loss_frames=None if known is None else ~known)
 
     def record(self, step: int) -> dict:
         """Fields added to the log line, the progress bar and state.json at `step`."""
@@ -296,10 +299,16 @@ def _batches(cfg: RunConfig, state: _State, proc: _Process, progress: bool) -> I
 
 def _conditioning(batch: dict, cfg: RunConfig, state: _State, text_encoder, device: torch.device) -> dict:
     """The network's conditioning inputs for a batch, with labels and captions dropped for classifier-free
-    guidance at train.label_dropout / train.text_dropout."""
+    guidance at train.label_dropout / train.text_dropout, and for a frame-conditioned network known frames drawn
+    per example from train.frame_patterns (they enter clean; `Objective.loss` leaves them out of the loss)."""
     cond = {}
     if "frame_mask" in batch:
         cond["frame_mask"] = batch["frame_mask"].to(device)
+    if cfg.model.frame_conditioning:
+        video = batch["video"]
+        cond["known_mask"] = draw_known_masks(video.shape[0], video.shape[2], cfg.train.frame_patterns,
+                                              state.generator, batch.get("frame_mask")).to(device)
+        cond["known_frames"] = video.to(device)  # the network zeroes the frames its mask leaves unknown
     null = state.network.null_class
     if null is not None:
         labels = batch["label"].to(device)
