@@ -31,6 +31,8 @@ def read_video(path: str | os.PathLike, max_frames: Optional[int] = None) -> np.
     """Decode a video file to uint8 RGB frames (F, H, W, 3). Raises ValueError naming the file."""
     import av
 
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise ValueError(f"{path}: empty file")
     frames, streams = [], True
     try:
         with av.open(str(path)) as container:
@@ -43,8 +45,7 @@ def read_video(path: str | os.PathLike, max_frames: Optional[int] = None) -> np.
                     if max_frames is not None and len(frames) >= max_frames:
                         break
     except Exception as err:  # PyAV's FFmpeg errors (ValueErrors that may not name the file): name it, one line
-        reason = getattr(err, "strerror", None) or f"{type(err).__name__}: {err}"
-        raise ValueError(f"{path}: cannot decode video ({reason})") from err
+        raise _decode_error(path, err) from err
     if not streams:
         raise ValueError(f"{path}: no video stream")
     if not frames:
