@@ -3,6 +3,10 @@ peak, the verdict on a config that cannot fit, and the log's MFU against its own
 
 import itertools
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +129,16 @@ def test_log_leaves_mfu_out_on_an_unknown_device(tmp_path, monkeypatch):
     monkeypatch.setattr(cost, "_device_name", lambda device: "Some CPU/64")
     train(micro("train.steps=1"), tmp_path / "run", progress=False)
     assert "mfu" not in json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_gpu_benchmark_runs_its_cpu_smoke_mode(tmp_path):
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(script.parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(script), "--smoke", "--models", "small", "dit-s-2", "--batch", "2", "2",
+                          "--warmup", "0", "--timed", "1", "--out", str(tmp_path / "rows.json")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["model"] for r in rows] == ["small", "dit-s-2"] and all(r["step_s"] > 0 for r in rows)
+    assert "| `small` |" in out.stdout

@@ -88,10 +88,11 @@ def available_memory(device: torch.device) -> Optional[int]:
 
 class TrainerStep:
     """One real training step of `cfg` on `device` per call, returning its loss: the trainer's own state, data
-    stream and update (`trainer._optimizer_step`), in one process."""
+    stream and update (`trainer._optimizer_step`), in one process on `device`, or as the rank `proc` of a
+    distributed run (`state.parallel` is then the caller's to wrap in DistributedDataParallel)."""
 
-    def __init__(self, cfg: RunConfig, device: torch.device):
-        self.cfg, self.proc = resolve_model(cfg), _Process(0, 1, device)
+    def __init__(self, cfg: RunConfig, device: Optional[torch.device] = None, proc: Optional[_Process] = None):
+        self.cfg, self.proc = resolve_model(cfg), proc or _Process(0, 1, device or torch.device("cpu"))
         self.state = _new_state(self.cfg, self.proc)
         self.state.parallel = self.state.network
         self.state.network.train()
