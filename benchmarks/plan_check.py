@@ -1,11 +1,11 @@
 """Does `kinema plan` tell the truth? Its memory estimate against the measured peak, its step time against the
 trainer's own log.
 
-    python benchmarks/plan_check.py [--presets tiny16 small] [--timed 5] [--train-steps 12] [--out FILE.json]
+    python benchmarks/plan_check.py [--presets tiny16 small] [--timed 5] [--train-steps 12] [--rounds 3]
+                                    [--no-memory] [--out FILE.json]
 
-For each preset, on this device, in this order:
-* the plan (`kinema.train.plan.plan`): parameters, FLOPs, the memory estimate and a step time measured over
-  `--timed` real trainer steps after 2 untimed ones;
+For each preset, on the CPU:
+* the plan's counts (`kinema.train.plan.plan`, timed=0): parameters, FLOPs and the memory estimate;
 * the measured peak, twice, each in a fresh subprocess running 2 real trainer steps (the first allocates AdamW's
   moments, the second is a steady one):
   - *tensors*: torch.profiler with profile_memory=True; the running sum of every op's self allocations, in time
@@ -13,9 +13,11 @@ For each preset, on this device, in this order:
     already allocated (their exact nbytes) are added. This is the quantity the estimate models.
   - *RSS*: the process's resident-set high-water mark (ru_maxrss) minus its RSS just before the steps, plus the
     same weights; this also counts allocator overhead and oneDNN scratch space, which the estimate leaves out.
-* a real training run (`kinema.train.train`, --train-steps steps, logging every step): its metrics.jsonl
-  steps_per_s at the last step (which averages in the first, warm-up step) and the rate between the log records
-  of steps 2 and the last (the same steps the plan times).
+* `--rounds` alternations of the plan's step timing (`time_steps` of a `TrainerStep`, 2 untimed steps then
+  `--timed` timed ones: what `kinema plan` runs) and a real training run (`kinema.train.train`, `--train-steps`
+  steps, logging every step). From the run's metrics.jsonl: 1 / steps_per_s of the last record (which averages in
+  the first steps' warm-up) and the seconds per step between the records of step 2 and the last (leaving out the
+  first 2 steps, as the plan does). Alternating puts a change in a shared machine's load on both sides.
 A markdown table is printed; --out writes the numbers as JSON.
 """
 
@@ -35,7 +37,7 @@ import torch
 
 from kinema.config import RUN_PRESETS, apply_overrides
 from kinema.train import train
-from kinema.train.plan import TrainerStep, plan
+from kinema.train.plan import TrainerStep, plan, time_steps
 
 QUIET = ["train.sample_every=0", "train.log_every=1", "train.checkpoint_every=100000000"]
 
@@ -83,27 +85,40 @@ def trainer_rates(name: str, steps: int) -> tuple[float, float]:
     return last["steps_per_s"], (last["step"] - first["step"]) / (last["elapsed_s"] - first["elapsed_s"])
 
 
-def check(name: str, timed: int, train_steps: int) -> dict:
-    result = plan(preset(name), torch.device("cpu"), timed=timed)
-    tensors, rss = peak_in_subprocess(name, "tensors"), peak_in_subprocess(name, "rss")
-    logged, steady = trainer_rates(name, train_steps)
-    return {"preset": name, "precision": result.precision, "parameters": result.parameters,
-            "gflop_per_step": result.flops_per_step / 1e9, "estimate_mib": result.memory.total / 2**20,
-            "peak_tensors_mib": tensors / 2**20, "peak_rss_mib": rss / 2**20, "plan_step_s": result.step_s,
-            "log_steps_per_s": logged, "log_steady_steps_per_s": steady, "mfu": result.mfu}
+def check(name: str, timed: int, train_steps: int, rounds: int, memory: bool) -> dict:
+    """One preset's row. The step-time comparison alternates `rounds` times between the plan's timing and a real
+    run, so that a change in the load of a shared machine falls on both sides."""
+    result = plan(preset(name), torch.device("cpu"), timed=0)
+    row = {"preset": name, "precision": result.precision, "parameters": result.parameters,
+           "gflop_per_step": result.flops_per_step / 1e9, "estimate_mib": result.memory.total / 2**20,
+           "plan_step_s": [], "log_step_s": [], "log_steady_step_s": []}
+    if memory:
+        row["peak_tensors_mib"] = peak_in_subprocess(name, "tensors") / 2**20
+        row["peak_rss_mib"] = peak_in_subprocess(name, "rss") / 2**20
+    step = TrainerStep(preset(name), torch.device("cpu"))
+    for _ in range(rounds):
+        row["plan_step_s"].append(time_steps(step, torch.device("cpu"), 2, timed))
+        logged, steady = trainer_rates(name, train_steps)
+        row["log_step_s"].append(1 / logged)
+        row["log_steady_step_s"].append(1 / steady)
+    return row
+
+
+def _ratio(r: dict, key: str) -> str:
+    return f"{r['estimate_mib']:.0f} / {r[key]:.0f} = {r['estimate_mib'] / r[key]:.2f}" if key in r else "–"
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| preset | precision | params | GFLOP/step | estimate MiB | peak tensors MiB (est./peak) | peak RSS MiB "
-             "(est./peak) | plan step s | trainer log step s: last record / steps 2–last | plan MFU |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset | precision | params | GFLOP/step | estimate / peak tensors MiB | estimate / peak RSS MiB | "
+             "plan step s | trainer log step s (last record) | trainer log step s (steps 2–last) | "
+             "plan / log (steps 2–last), median |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        mfu = "–" if r["mfu"] is None else f"{r['mfu']:.1%}"
+        ratios = sorted(p / s for p, s in zip(r["plan_step_s"], r["log_steady_step_s"]))
+        seconds = {k: ", ".join(f"{v:.3f}" for v in r[k]) for k in ("plan_step_s", "log_step_s", "log_steady_step_s")}
         lines.append(f"| `{r['preset']}` | {r['precision']} | {r['parameters'] / 1e6:.2f} M | "
-                     f"{r['gflop_per_step']:.1f} | {r['estimate_mib']:.0f} | {r['peak_tensors_mib']:.0f} "
-                     f"({r['estimate_mib'] / r['peak_tensors_mib']:.2f}) | {r['peak_rss_mib']:.0f} "
-                     f"({r['estimate_mib'] / r['peak_rss_mib']:.2f}) | {r['plan_step_s']:.3f} | "
-                     f"{1 / r['log_steps_per_s']:.3f} / {1 / r['log_steady_steps_per_s']:.3f} | {mfu} |")
+                     f"{r['gflop_per_step']:.1f} | {_ratio(r, 'peak_tensors_mib')} | {_ratio(r, 'peak_rss_mib')} | "
+                     f"{seconds['plan_step_s']} | {seconds['log_step_s']} | {seconds['log_steady_step_s']} | "
+                     f"{ratios[len(ratios) // 2]:.2f} |")
     return "\n".join(lines)
 
 
@@ -112,13 +127,15 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["tiny16", "small"])
     parser.add_argument("--timed", type=int, default=5, help="Plan's timed steps (after 2 untimed).")
     parser.add_argument("--train-steps", type=int, default=12, help="Steps of the real run whose log is read.")
+    parser.add_argument("--rounds", type=int, default=3, help="Alternations of plan timing and a real run.")
+    parser.add_argument("--no-memory", action="store_true", help="Skip the peak-memory subprocesses.")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--measure", nargs=2, metavar=("PRESET", "HOW"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:  # the fresh subprocess of one peak measurement
         print(measure_peak(*args.measure))
         return
-    rows = [check(name, args.timed, args.train_steps) for name in args.presets]
+    rows = [check(name, args.timed, args.train_steps, args.rounds, not args.no_memory) for name in args.presets]
     print(table(rows))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
