@@ -77,10 +77,11 @@ def test_memory_estimate_is_within_a_quarter_of_the_measured_peak():
 
 
 def test_plan_times_real_steps_and_the_wall_clock_follows():
-    result = plan(micro("train.steps=1000"), CPU, warmup=1, timed=2)
+    result = plan(micro("train.steps=1000", "train.time_limit_minutes=10"), CPU, warmup=1, timed=2)
     assert result.fits and result.step_s > 0
     text = "\n".join(result.lines())
     assert "step time" in text and "1,000 steps" in text
+    assert f"10 min ≈ {int(600 / result.step_s):,} steps" in text
 
 
 def test_a_config_that_cannot_fit_says_so_untimed():

@@ -38,6 +38,7 @@ class Plan:
     steps: int
     step_s: Optional[float] = None
     peak_flops: Optional[float] = None
+    time_limit_minutes: float = 0.0  # train.time_limit_minutes: the run may stop before train.steps
 
     @property
     def fits(self) -> bool:
@@ -63,6 +64,9 @@ class Plan:
             mfu = f", MFU {self.mfu:.1%}" if self.mfu is not None else ", MFU unknown (no peak for this device)"
             out.append(f"step time    {self.step_s:.3f} s measured ({1 / self.step_s:.2f} steps/s{mfu})")
             out.append(f"train.steps  {self.steps:,} steps ≈ {_duration(self.steps * self.step_s)}")
+            if self.time_limit_minutes:
+                out.append(f"time limit   {self.time_limit_minutes:g} min ≈ "
+                           f"{int(60 * self.time_limit_minutes / self.step_s):,} steps")
         elif not self.fits:
             out.append("step time    not measured: reduce train.batch_size, raise train.grad_accum or use a "
                        "smaller model")
@@ -132,7 +136,8 @@ def plan(cfg: RunConfig, device: Optional[torch.device] = None, *, warmup: int =
     precision = resolve_precision(cfg.train.precision, device)
     cost = step_cost(cfg, device, precision)
     result = Plan(cfg.name, str(device), precision, cost.parameters, cost.flops, memory_estimate(cost),
-                  available_memory(device), cfg.train.steps, peak_flops=peak_flops(device, precision))
+                  available_memory(device), cfg.train.steps, peak_flops=peak_flops(device, precision),
+                  time_limit_minutes=cfg.train.time_limit_minutes)
     if timed < 1 or not result.fits:
         return result
     step = TrainerStep(cfg, device)
