@@ -78,6 +78,7 @@ def main() -> None:
 
     \b
     kinema train                          train the tiny preset on Moving Digits into runs/tiny/
+    kinema plan --preset tiny16           before training: parameters, FLOPs, memory, step time
     kinema sample runs/tiny --out s.gif   sample 16 videos from the newest checkpoint
     kinema data moving-digits --out r.gif write real training clips the same way
     kinema report runs/tiny               an HTML page with samples, real clips, loss curve, config
