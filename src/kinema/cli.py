@@ -78,6 +78,7 @@ def main() -> None:
 
     \b
     kinema train                          train the tiny preset on Moving Digits into runs/tiny/
+    kinema plan --preset tiny16           before training: parameters, FLOPs, memory, step time
     kinema sample runs/tiny --out s.gif   sample 16 videos from the newest checkpoint
     kinema data moving-digits --out r.gif write real training clips the same way
     kinema report runs/tiny               an HTML page with samples, real clips, loss curve, config
@@ -170,6 +171,28 @@ def train(config_file, preset, name, out_dir, resume, quiet, overrides) -> None:
             click.echo(f"stopped by a {result.stopped_by[len('signal '):]}; resume with: kinema train --resume "
                        f"--name {cfg.name} --out-dir {out_dir}")
         raise SystemExit(EXIT_RESUMABLE)
+
+
+@main.command("plan")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="A TOML run config (sections model, diffusion, data, train, sample).")
+@click.option("--preset", default="tiny", show_default=True, help="Named starting config; see `kinema presets`.")
+@click.option("--timed", type=click.IntRange(0), default=5, show_default=True,
+              help="Real training steps to time, after 2 untimed warm-up steps (0: count only).")
+@click.argument("overrides", nargs=-1)
+@_user_errors
+def plan_command(config_file, preset, timed, overrides) -> None:
+    """Before training: parameters, FLOPs per step, memory, a measured step time and what train.steps will take.
+
+    \b
+    kinema plan --preset tiny16                     will the demo fit, how long will it take
+    kinema plan --preset small train.batch_size=64  the same questions for another config
+    Takes the same --preset, --config and OVERRIDES as `kinema train`; nothing is written.
+    """
+    from .train.plan import plan
+
+    for line in plan(_run_config(config_file, preset, overrides), timed=timed).lines():
+        click.echo(line)
 
 
 @main.command()

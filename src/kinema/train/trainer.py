@@ -41,6 +41,7 @@ from ..data.media import to_uint8, write_videos
 from ..diffusion import diffusion_loss
 from ..precision import autocast, resolve_precision
 from ..sample import generate
+from .cost import peak_flops, step_cost
 from .ema import EMA
 from .lock import RunLock, RunLocked
 from .patterns import draw_known_masks
@@ -401,6 +402,19 @@ def _stop_reason(cfg: RunConfig, proc: _Process, start_time: float, signals: Sto
     return "time limit" if out_of_time else None
 
 
+def _mfu_basis(cfg: RunConfig, proc: _Process, precision: str) -> tuple[int, Optional[float]]:
+    """(FLOPs of one step of this process, the device's peak FLOP/s), counted once per run for the MFU of the log;
+    a peak of None (an unknown device, or a network the counter cannot trace) leaves MFU out rather than guessed."""
+    peak = peak_flops(proc.device, precision)
+    if peak is None or not proc.is_main:
+        return 0, None
+    try:
+        return step_cost(cfg, proc.device, precision, proc.world).flops, peak
+    except Exception as err:  # the count is a report, never a reason to stop training
+        warnings.warn(f"MFU left out of the log: counting the step's FLOPs failed ({err})", stacklevel=2)
+        return 0, None
+
+
 def _write_preview(cfg: RunConfig, run_dir: Path, state: _State, device: torch.device) -> None:
     videos = to_uint8(generate(state.ema.model, cfg, cfg.train.sample_count, device=device))
     for suffix in (".gif", ".mp4"):
@@ -449,6 +463,8 @@ def _train(cfg: RunConfig, run_dir: Path, proc: _Process, state: _State, signals
         save_config(cfg, run_dir / "config.toml")
     log = _Log(run_dir, proc.is_main, state.step)
     end = tc.steps if max_steps is None else min(tc.steps, max_steps)
+    flops, peak = _mfu_basis(cfg, proc, state.precision)
+    shown = {}  # the MFU of the last log record, on the progress bar until the next
     start_time, start_step, stopped_by = time.time(), state.step, "steps"
     bar = tqdm(total=tc.steps, initial=state.step, desc=f"{objective.verb} {cfg.name}",
                disable=not (progress and proc.is_main), dynamic_ncols=True)
@@ -458,12 +474,14 @@ def _train(cfg: RunConfig, run_dir: Path, proc: _Process, state: _State, signals
             loss, grad_norm = _optimizer_step(cfg, state, proc, batches, text_encoder, objective)
             extra = objective.record(state.step)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", **extra)
+            bar.set_postfix(loss=f"{loss:.4f}", **shown, **extra)
             if state.step % tc.log_every == 0 or state.step == end:
                 elapsed = time.time() - start_time
+                rate = (state.step - start_step) / elapsed
+                mfu = {"mfu": flops * rate / peak} if peak else {}  # nanoGPT's: model FLOPs × steps/s ÷ peak
+                shown = {"mfu": f"{mfu['mfu']:.1%}"} if mfu else {}
                 log.write({"step": state.step, "loss": loss, "lr": state.optimizer.param_groups[0]["lr"],
-                           "grad_norm": grad_norm, "steps_per_s": (state.step - start_step) / elapsed,
-                           "elapsed_s": elapsed, **extra})
+                           "grad_norm": grad_norm, "steps_per_s": rate, "elapsed_s": elapsed, **mfu, **extra})
             stop = _stop_reason(cfg, proc, start_time, signals)
             step_cfg = objective.config(state.step)
             if state.step % tc.checkpoint_every == 0 or state.step == end or stop:
