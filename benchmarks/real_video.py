@@ -13,6 +13,9 @@ minutes`, `data.balance=files`), then:
   extrapolation (2·x_k − x_{k−1}, clipped), replacement and reconstruction guidance (DDIM, `--steps`).
 Results go to OUT/results.json (configs already there are skipped, so an interrupted run continues) and a strip of
 samples above real windows to docs/real_video_strip.png. Prints a markdown table.
+
+Status (2026-12-02): not yet run to completion; a smoke run's scoring step took over 20 minutes at N ≈ 50 on
+2 cores and needs profiling and batching first.
 """
 
 from __future__ import annotations
