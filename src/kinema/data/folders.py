@@ -16,10 +16,10 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, fit_frames
+from .media import IMAGE_SUFFIXES, fit_frames
 from .prepare import CacheSettings, decode_source
 from .provides import Provides
-from .sources import Skip, Source, list_sources
+from .sources import Skip, list_sources
 from .windows import FileClips, to_clip
 
 __all__ = ["VideoFolder", "ImageFolder"]
@@ -31,11 +31,15 @@ def _folder(data) -> str:
     return data.path
 
 
-def _find(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def _check_folder(root: Path) -> None:
     if not root.exists():
         raise ValueError(f"{root}: folder does not exist")
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder")
+
+
+def _find(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    _check_folder(root)
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
@@ -59,7 +63,7 @@ class VideoFolder(FileClips):
                  flip: bool = True, channels: int = 3, seed: int = 0, fps: float = 0.0, balance: str = "clips",
                  progress: bool = True):
         self.root = Path(root)
-        _find(self.root, VIDEO_SUFFIXES)  # a missing path or a file: the folder's own error
+        _check_folder(self.root)  # a missing path or a file: the folder's own error
         sources, self.skipped = list_sources(self.root)
         span = (frames - 1) * stride + 1
         settings = CacheSettings(height, width, channels, float(fps))
@@ -67,7 +71,7 @@ class VideoFolder(FileClips):
         self.files: list[Path] = []
         for source in tqdm(sources, desc=f"decoding {self.root}", disable=not progress, leave=False):
             try:
-                decoded = decode_source(Source(source.path, source.name), settings, span)
+                decoded = decode_source(source, settings, span)
             except ValueError as err:
                 self.skipped.append(Skip(source.name, str(err)))
                 continue

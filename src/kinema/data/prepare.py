@@ -134,20 +134,20 @@ def prepare(source: str | Path, cache: str | Path, data, workers: int = 1, progr
     report = PrepareReport(cache, skipped=list(skips))
     with _locked(cache, settings):
         journal = _read_journal(cache)
-        keys = {id(s): _key(s) for s in sources}
-        todo = [s for s in sources if keys[id(s)] not in journal]
+        keys = {s: _key(s) for s in sources}  # a Source is frozen: hashable
+        todo = [s for s in sources if keys[s] not in journal]
         known = {(r["path"], r["start"], r["end"]) for r in journal.values()}
         report.changed = sum((str(s.path), s.start, s.end) in known for s in todo)
         report.unchanged = len(sources) - len(todo)
         failed = _decode_all(todo, keys, cache, settings, span, workers, journal, progress)
         report.decoded = len(todo) - len(failed)
-        report.skipped += [Skip(s.where or s.name, failed[id(s)]) for s in todo if id(s) in failed]
-        live = [(s, journal[keys[id(s)]]) for s in sources if keys[id(s)] in journal]
+        report.skipped += [Skip(s.where or s.name, failed[s]) for s in todo if s in failed]
+        live = [(s, journal[keys[s]]) for s in sources if keys[s] in journal]
         short = [(s, r) for s, r in live if r["frames"] < span]  # decoded earlier for a shorter clip
         report.skipped += [Skip(s.where or s.name, f"only {r['frames']} frames, a clip needs {span}") for s, r in short]
         live = [(s, r) for s, r in live if r["frames"] >= span]
         _write_index(cache, settings, live)
-        report.removed = _collect_garbage(cache, journal, {keys[id(s)] for s in sources})
+        report.removed = _collect_garbage(cache, journal, {keys[s] for s in sources})
         _write_atomic(cache / "skipped.txt", "".join(f"{skip}\n" for skip in report.skipped))
     report.entries = len(live)
     report.frames = sum(r["frames"] for _, r in live)
@@ -211,18 +211,18 @@ def _array_path(key: str) -> str:
 
 
 def _decode_all(todo: list[Source], keys: dict, cache: Path, settings: CacheSettings, span: int, workers: int,
-                journal: dict, progress: bool) -> dict[int, str]:
-    """Decode `todo` (in `workers` processes), journaling each array as it lands; id(source) → skip reason."""
-    failed: dict[int, str] = {}
+                journal: dict, progress: bool) -> dict[Source, str]:
+    """Decode `todo` (in `workers` processes), journaling each array as it lands; source → skip reason."""
+    failed: dict[Source, str] = {}
     bar = tqdm(total=len(todo), desc=f"preparing {cache}", unit="file", disable=not progress or not todo)
     clips = 0
     with open(cache / "journal.jsonl", "a", encoding="utf-8") as log:
         def land(source: Source, result: dict) -> None:
             nonlocal clips
             if "skip" in result:
-                failed[id(source)] = result["skip"]
+                failed[source] = result["skip"]
             else:
-                key = keys[id(source)]
+                key = keys[source]
                 record = {"key": key, "path": str(source.path), "start": source.start, "end": source.end,
                           "array": _array_path(key), **result}
                 log.write(json.dumps(record) + "\n")
@@ -232,7 +232,7 @@ def _decode_all(todo: list[Source], keys: dict, cache: Path, settings: CacheSett
             bar.update()
             bar.set_postfix(clips=f"{clips:,}", skipped=len(failed), refresh=False)
 
-        tasks = [(s, settings, span, cache / _array_path(keys[id(s)])) for s in todo]
+        tasks = [(s, settings, span, cache / _array_path(keys[s])) for s in todo]
         if workers <= 1:
             for task in tasks:
                 land(task[0], _decode_task(*task))
@@ -290,5 +290,8 @@ def _collect_garbage(cache: Path, journal: dict, wanted: set) -> int:
             array.unlink()
     for tmp in (cache / "arrays").glob("*/.*.tmp") if (cache / "arrays").is_dir() else ():
         tmp.unlink()
-    changed = {(journal[k]["path"], journal[k]["start"], journal[k]["end"]) for k in keep}
-    return sum((journal[k]["path"], journal[k]["start"], journal[k]["end"]) not in changed for k in gone)
+    def segment(key: str) -> tuple:
+        return journal[key]["path"], journal[key]["start"], journal[key]["end"]
+
+    kept = {segment(k) for k in keep}  # a changed file's old array is gone, but the file is not
+    return sum(segment(k) not in kept for k in gone)

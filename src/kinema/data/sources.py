@@ -142,7 +142,7 @@ def _manifest_source(manifest: Path, row: dict, where: str) -> Source:
     caption, label = row.get("caption"), row.get("label")
     if caption is not None and not isinstance(caption, str):
         raise ValueError(f"the caption is not text (a JSON {type(caption).__name__})")
-    if label is not None and not isinstance(label, (str, int)) or isinstance(label, bool):
+    if isinstance(label, bool) or (label is not None and not isinstance(label, (str, int))):
         raise ValueError(f"the label is not a class name or number (a JSON {type(label).__name__})")
     try:
         start, end = _seconds(row, "start"), _seconds(row, "end")

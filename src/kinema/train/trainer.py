@@ -156,7 +156,6 @@ class Objective:
         return {}
 
 
-
 class _Log:
     """metrics.jsonl (and TensorBoard when installed), on rank 0 only."""
 
