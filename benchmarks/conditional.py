@@ -13,8 +13,9 @@ every table (benchmarks/baselines.py for the trivial ones):
     by replacement) and trained + reconstruction guidance.
 Scores: PSNR and SSIM of each predicted frame against the truth (mean over videos; the table's mean is over the
 predicted frames; a frame's PSNR is capped at 60 dB), identity kept and motion plausibility of the whole clip,
-context included (kinema.eval's DigitOracle), and the centroid's velocity jump at the block boundaries
-(pixels/frame; the real clips' value is their bounces). Class-conditional checkpoints are sampled with the null
+context included (kinema.eval's DigitOracle), and the velocity-jump error at the block boundaries (how far the
+centroid's change of velocity there is from the real clip's, pixels/frame²: baselines.velocity_jump; 0 for the
+real clips). Class-conditional checkpoints are sampled with the null
 class here, so only the frames carry the identity.
 
 Part 1b, interpolation (--interpolate L > 2): clips of L frames with the first and last given; the cross-fade of
@@ -53,7 +54,7 @@ def prediction_scores(oracle: DigitOracle, pred: torch.Tensor, real: torch.Tenso
     return {"psnr": float(p.mean()), "ssim": float(s.mean()), "psnr_per_frame": p.mean(0).tolist(),
             "ssim_per_frame": s.mean(0).tolist(), "identity_kept": float(verdict.identity_kept.mean()),
             "motion_plausible": float(verdict.motion_plausible.mean()),
-            "velocity_jump": velocity_jump(pred, boundaries)}
+            "velocity_jump": velocity_jump(pred, real, boundaries)}
 
 
 def methods(model, weight: float) -> list[tuple[str, dict]]:
@@ -85,7 +86,7 @@ def prediction_table(args, cfg, model, oracle, labels) -> list[dict]:
     print(f"prediction: {args.num} held-out clips, {args.context} context frames -> {args.length} frames, "
           f"{len(plan)} blocks of the {d.frames}-frame model (new blocks from frames {boundaries}), "
           f"{cfg.sample.sampler} {args.steps} steps, seed {args.seed}")
-    print(f"{'method':<28}{'PSNR':>8}{'SSIM':>8}{'id':>8}{'motion':>8}{'v jump':>8}{'s/video':>9}")
+    print(f"{'method':<28}{'PSNR':>8}{'SSIM':>8}{'id':>8}{'motion':>8}{'v err':>8}{'s/video':>9}")
     rows = []
     for name, pred in (("real (ceiling)", real), ("copy-last", copy_last(context, todo)),
                        ("centroid track", centroid_track(context, todo))):

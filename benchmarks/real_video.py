@@ -25,6 +25,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ def fvd(samples: torch.Tensor, real: torch.Tensor, floor_set: torch.Tensor) -> t
     return frechet_distance_from_features(real_f, fake_f), frechet_distance_from_features(real_f, floor_f)
 
 
-def prediction(model, cfg, real: torch.Tensor, steps: int) -> dict:
+def prediction(model, cfg, real: torch.Tensor, steps: int, chunk: int = 8) -> dict:
     from kinema.config import with_sample
     from kinema.eval.frames import psnr, ssim
     from kinema.sample import predict
@@ -114,9 +115,13 @@ def prediction(model, cfg, real: torch.Tensor, steps: int) -> dict:
     guesses = {"copy last frame": last.expand_as(future),
                "linear extrapolation": (last + (last - context[:, :, -2:-1]) *
                                         torch.arange(1, future.shape[2] + 1).view(1, 1, -1, 1, 1)).clamp(-1, 1)}
-    run = with_sample(cfg, sampler="ddim", steps=steps, seed=0, guidance=0.0)
     for method, name in (("replacement", "replacement"), ("reconstruction", "reconstruction guidance")):
-        guesses[name] = predict(model, run, context, future.shape[2], method=method)[:, :, CONTEXT:]
+        # in chunks: fill_frames samples its whole batch at once, and reconstruction guidance keeps the
+        # network's activations for its backward pass (N ≈ 50 clips of 16×64×64 RGB at once needed 6.5 GB)
+        guesses[name] = torch.cat([
+            predict(model, with_sample(cfg, sampler="ddim", steps=steps, seed=start, guidance=0.0),
+                    context[start:start + chunk], future.shape[2], method=method)[:, :, CONTEXT:]
+            for start in range(0, len(context), chunk)])
     return {name: {"psnr": float(psnr(g, future).mean()), "ssim": float(ssim(g, future).mean())}
             for name, g in guesses.items()}
 
@@ -128,12 +133,20 @@ def score(run: Path, train_cache: Path, test_cache: Path, size: int, frames: int
 
     real = windows(test_cache, size, frames)
     cfg, model = load_model(run)
+    seconds = {}
+    start = time.time()
     samples = generate(model, with_sample(cfg, seed=0), len(real))
+    seconds["sampling"] = time.time() - start
     fvd_samples, floor = fvd(samples, real, windows(train_cache, size, frames, len(real)))
+    seconds["fvd"] = time.time() - start - seconds["sampling"]
+    predicted = prediction(model, cfg, real, steps)
+    seconds["prediction"] = time.time() - start - seconds["sampling"] - seconds["fvd"]
+    print(f"{size}x{frames}: scored {len(real)} windows in " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
+          file=sys.stderr, flush=True)
     state = json.loads(sorted((run / "checkpoints").glob("*/state.json"))[-1].read_text())
     return {"size": size, "frames": frames, "n": len(real), "steps_trained": state["step"],
             "sampler": f"{cfg.sample.sampler} {cfg.sample.steps}", "fvd": fvd_samples, "fvd_floor": floor,
-            "prediction": prediction(model, cfg, real, steps), "samples": samples[:4], "real": real[:4]}
+            "prediction": predicted, "scoring_seconds": seconds, "samples": samples[:4], "real": real[:4]}
 
 
 def write_strip(result: dict, path: Path) -> None:

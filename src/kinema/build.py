@@ -18,7 +18,7 @@ from .data import DATASETS, ImageFolder, JointImageVideo
 from .diffusion import CosineSchedule, FrameNoise, Schedule, ShiftedCosineSchedule
 from .diffusion.parameterization import output_channels
 from .diffusion.schedules import SCHEDULES
-from .models import BACKBONES
+from .models import AUTOENCODER, BACKBONES
 from .models.text import TEXT_DIM
 
 __all__ = ["build_schedule", "build_noise", "resolve_model", "build_model", "build_dataset", "load_model"]
@@ -45,6 +45,8 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
     """`cfg` with the model section as the network is built: channels from the data, the class count and text width
     from what the dataset provides and the conditioning asks for, output channels from the parameterization.
     Training saves this, so a run's config.toml says what its network is; applying it twice changes nothing."""
+    if BACKBONES[cfg.model.backbone].kind == AUTOENCODER:  # clips in, clips out: nothing else to resolve
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, in_channels=cfg.data.channels))
     channels, num_classes, text_dim = cfg.data.channels, cfg.model.num_classes, cfg.model.text_dim
     if cfg.train.text_conditional and text_dim not in (0, TEXT_DIM):
         raise ValueError(f"model.text_dim is {text_dim}, but the sentence encoder gives {TEXT_DIM}-d embeddings")

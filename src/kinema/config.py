@@ -25,10 +25,20 @@ from typing import Any, Optional, Tuple, Union
 from .data import DATASETS
 from .data.windows import BALANCES
 from .diffusion.distillation import DISTILL_WEIGHTINGS
+from .diffusion.losses import RECONSTRUCTION_LOSSES
 from .diffusion.parameterization import PREDICTIONS, WEIGHTINGS
 from .diffusion.samplers import SAMPLERS
 from .diffusion.schedules import SCHEDULES
-from .models import BACKBONES, DIT_PRESETS, UNET_PRESETS, DiTConfig, UNet3DConfig
+from .models import (
+    AUTOENCODER,
+    AUTOENCODER_PRESETS,
+    BACKBONES,
+    DIT_PRESETS,
+    UNET_PRESETS,
+    AutoencoderConfig,
+    DiTConfig,
+    UNet3DConfig,
+)
 from .precision import PRECISIONS
 
 if sys.version_info >= (3, 11):
@@ -46,7 +56,7 @@ class ConfigError(ValueError):
     """A user error in a configuration file or override; the message names the field."""
 
 
-ModelConfig = Union[UNet3DConfig, DiTConfig]
+ModelConfig = Union[UNet3DConfig, DiTConfig, AutoencoderConfig]
 MODEL_CONFIGS = {name: row.config for name, row in BACKBONES.items()}  # the `backbone` field's values
 
 
@@ -144,6 +154,12 @@ class TrainConfig:
     # frame conditioning (model.frame_conditioning): relative weights of the known-frame patterns drawn per example,
     # (none, prefix of k frames, first and last, random subset); "none" is also the dropped condition of guidance
     frame_patterns: Tuple[float, float, float, float] = (0.1, 0.5, 0.2, 0.2)
+    # autoencoder runs (model.backbone=autoencoder): the reconstruction loss (a RECONSTRUCTION_LOSSES name) and the
+    # weight of the KL term, both per input element (kinema.diffusion.losses.autoencoder_loss). L2, not Stable
+    # Diffusion's L1: overfitting a batch of mostly-black glyph clips (tests/models/test_autoencoder.py), L1's
+    # median held a fresh autoencoder at the blank background for 300 steps, where L2 got past it
+    reconstruction_loss: str = "l2"
+    kl_weight: float = 1e-6
     log_every: int = 10
     sample_every: int = 500  # 0 disables sample videos during training
     sample_count: int = 16
@@ -174,6 +190,9 @@ class TrainConfig:
         for name in ("label_dropout", "text_dropout"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"train.{name} must lie in [0, 1]; got {getattr(self, name)}")
+        _choice("train.reconstruction_loss", self.reconstruction_loss, tuple(RECONSTRUCTION_LOSSES))
+        if self.kl_weight < 0:
+            raise ConfigError(f"train.kl_weight must be 0 or more; got {self.kl_weight}")
         self.frame_patterns = tuple(float(w) for w in self.frame_patterns)
         if len(self.frame_patterns) != 4 or min(self.frame_patterns) < 0 or not sum(self.frame_patterns) > 0:
             raise ConfigError("train.frame_patterns must be 4 weights >= 0, not all 0, of the patterns (none, prefix, "
@@ -260,6 +279,8 @@ class RunConfig:
         if getattr(self.model, "frame_conditioning", False) and self.data.frames < 2:
             raise ConfigError(f"model.frame_conditioning needs clips of at least 2 frames (one known, one to "
                               f"generate); data.frames is {self.data.frames}")
+        if BACKBONES[self.model.backbone].kind == AUTOENCODER:
+            _check_autoencoder(self)
         d, t = self.data, self.train
         clips = -(-t.batch_size // t.grad_accum)  # one process's micro-batch
         elements = clips * d.frames * d.height * d.width * d.channels
@@ -269,6 +290,20 @@ class RunConfig:
                               f"elements would need {elements * 4 / 2**30:,.0f} GiB as float32 on one process, more "
                               f"than the {MAX_BATCH_ELEMENTS:,} elements ({MAX_BATCH_ELEMENTS * 4 // 2**30} GiB) a "
                               "micro-batch may have; reduce train.batch_size or raise train.grad_accum")
+
+
+def _check_autoencoder(cfg: RunConfig) -> None:
+    """An autoencoder run's settings that only a diffusion model has, refused with the field named."""
+    t, s = cfg.train, cfg.model.spatial_factor
+    for name, used in (("train.class_conditional", t.class_conditional), ("train.text_conditional",
+                       t.text_conditional), ("distill", cfg.distill is not None),
+                       ("data.images_per_video", cfg.data.images_per_video > 0)):
+        if used:
+            raise ConfigError(f"{name}: an autoencoder (model.backbone=autoencoder) is trained on clips alone; "
+                              "unset it")
+    if cfg.data.height % s or cfg.data.width % s:
+        raise ConfigError(f"data.height and data.width ({cfg.data.height}×{cfg.data.width}) must be multiples of "
+                          f"the autoencoder's spatial factor {s} (2 per level after the first of model.channel_mults)")
 
 
 def _check_distill(cfg: RunConfig) -> None:
@@ -333,6 +368,14 @@ RUN_PRESETS = {
         train=TrainConfig(lr=1e-3, class_conditional=True, label_dropout=0.2),
         # ancestral sampling: more plausible motion than DDIM on this preset (benchmarks/RESULTS.md, sampler sweep)
         sample=SampleConfig(sampler="ancestral", guidance=1.0, steps=50),
+    ),
+    # Latent diffusion's first stage on 64×64 Moving Digits (28-pixel digits, the Moving MNIST scale): 4× spatial
+    # compression to 16×16 latents of 4 channels; L2 with a light KL term (Stable Diffusion's weight).
+    "ae-digits64": RunConfig(
+        name="ae-digits64",
+        model=copy.deepcopy(AUTOENCODER_PRESETS["ae-tiny"]),
+        data=DataConfig(height=64, width=64, digit_size=28, speed_min=2.0, speed_max=6.0),
+        train=TrainConfig(lr=3e-4, batch_size=8, sample_every=0, checkpoint_every=250),
     ),
 }
 

@@ -27,6 +27,21 @@ def test_moving_digits_is_deterministic_per_seed():
     assert not torch.equal(a[1]["video"], a[0]["video"])
 
 
+def test_moving_digits_spread_is_its_first_clips_and_kinema_data_writes_them(tmp_path):
+    from click.testing import CliRunner
+
+    from kinema.cli import main
+
+    ds = MovingDigits(frames=4, size=16, digit_size=8, length=5)
+    spread = ds.spread(8)  # every clip is an independent draw: the first ones, at most the set's length
+    assert len(spread) == 5 and torch.equal(spread[3]["video"], ds[3]["video"])
+    out = tmp_path / "d.npz"
+    result = CliRunner().invoke(main, ["data", "moving-digits", "--num", "3", "--out", str(out), "data.frames=4",
+                                       "data.height=16", "data.width=16", "data.digit_size=8"])
+    assert result.exit_code == 0, result.output
+    assert np.load(out)["videos"].shape[0] == 3
+
+
 def test_moving_digits_shapes_range_and_labels():
     ds = MovingDigits(frames=6, size=40, num_digits=2, digit_size=12)
     item = ds[5]

@@ -130,6 +130,10 @@ class MovingDigits(Dataset):
             "caption": caption(self.labels[sources].tolist(), velocities),
         }
 
+    def spread(self, num: int) -> list[dict]:
+        """The first `num` clips (every clip is an independent draw, so these cover the data)."""
+        return [self[i] for i in range(min(num, self.length))]
+
 
 _DIRECTIONS = ("right", "up and right", "up", "up and left", "left", "down and left", "down", "down and right")
 
@@ -145,7 +149,3 @@ def caption(digits: Sequence[int], velocities: Sequence[Sequence[float]]) -> str
     """"a 3 moving left and a 7 moving down": each digit with the direction of its initial velocity."""
     parts = [f"{'an' if int(d) == 8 else 'a'} {int(d)} moving {direction_word(v)}" for d, v in zip(digits, velocities)]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-    def spread(self, num: int) -> list[dict]:
-        """The first `num` clips (every clip is an independent draw, so these cover the data)."""
-        return [self[i] for i in range(min(num, self.length))]

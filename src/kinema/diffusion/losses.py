@@ -1,6 +1,7 @@
-"""The diffusion training loss: one function from (network, schedule, batch) to a per-example loss.
+"""The training losses: the diffusion loss, one function from (network, schedule, batch) to a per-example loss,
+and the loss of latent diffusion's autoencoder.
 
-E_{t,ε}[ w(λ_t) ||x̂_θ(z_t) - x||² ] with z_t = α_t x + σ_t ε (spec A1, A6). It returns one value per
+E_{t,ε}[ w(λ_t) ||x̂_θ(z_t) - x||² ] with z_t = α_t x + σ_t ε (spec A1, A6). Each returns one value per
 example so that a trainer can weight, mask or all-reduce it as it likes.
 """
 
@@ -23,7 +24,7 @@ from .parameterization import (
 )
 from .schedules import Schedule
 
-__all__ = ["sample_times", "diffusion_loss"]
+__all__ = ["sample_times", "diffusion_loss", "autoencoder_loss", "RECONSTRUCTION_LOSSES"]
 
 
 def sample_times(batch: int, *, generator: Optional[torch.Generator] = None, device=None,
@@ -114,3 +115,24 @@ def _frame_mean(error: Tensor, loss_frames: Optional[Tensor]) -> Tensor:
     if not bool(counted.any(dim=1).all()):
         raise ValueError("loss_frames leaves an example with no frame to count")
     return torch.where(counted, per_frame, 0.0).sum(dim=1) / counted.sum(dim=1)
+
+
+# The reconstruction term of an autoencoder, per input element. L1 is Stable Diffusion's VAE choice (with LPIPS
+# and a GAN, which need pretrained nets or a second model: left out here); L2 is the Gaussian likelihood's.
+RECONSTRUCTION_LOSSES = {
+    "l1": lambda x_hat, x: (x_hat - x).abs(),
+    "l2": lambda x_hat, x: (x_hat - x).square(),
+}
+
+
+def autoencoder_loss(x_hat: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, *, reconstruction: str = "l2",
+                     kl_weight: float = 1e-6) -> Tensor:
+    """Per-example loss (B,) of latent diffusion's first stage: the mean reconstruction error over x's elements plus
+    kl_weight × KL(N(mean, e^logvar) ‖ N(0, I)) summed over the latent and divided by x's element count.
+
+    Dividing both terms by the same count keeps Stable Diffusion's balance (its VAE sums both per example, with a
+    KL weight of 1e-6) while the loss stays on the scale of a per-pixel error whatever the clip size."""
+    elements = x[0].numel()
+    error = RECONSTRUCTION_LOSSES[reconstruction](x_hat.float(), x.float()).flatten(1).mean(1)
+    kl = 0.5 * (mean.float().square() + logvar.float().exp() - 1.0 - logvar.float()).flatten(1).sum(1)
+    return error + kl_weight * kl / elements

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..build import build_noise, build_schedule
 from ..config import RunConfig, with_sample
 from ..diffusion import ReconstructionGuidance, Replacement, SuperResolutionGuidance
-from .generation import check_output_size, conditioned_denoiser, conditioning, run_sampler
+from .generation import check_denoiser, check_output_size, conditioned_denoiser, conditioning, run_sampler
 
 __all__ = ["fill_frames", "uses_frame_conditioning",
            "plan_windows", "Window", "predict", "extend", "interpolate", "upsample", "check_clip",
@@ -130,6 +130,7 @@ def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence
     conditioning only keeps z^a on the forward process as in training; "reconstruction" adds its guidance. For
     other models it defaults to "reconstruction".
     """
+    check_denoiser(cfg)
     trained = uses_frame_conditioning(model, frame_conditioning)
     method = method or ("replacement" if trained else "reconstruction")
     _check_method(method, weight)

@@ -14,10 +14,11 @@ from torch import Tensor, nn
 from ..build import build_noise, build_schedule
 from ..config import MAX_BATCH_ELEMENTS, MAX_FRAMES, RunConfig, SampleConfig
 from ..diffusion import SAMPLERS, ClassifierFreeGuidance, Conditioned, Denoiser, FrameConditioned
+from ..models import BACKBONES, DENOISER
 from ..precision import autocast, resolve_precision
 
 __all__ = ["conditioning", "conditioned_denoiser", "run_sampler", "sampler_keywords", "sampling_record", "generate",
-           "rows", "check_output_size"]
+           "rows", "check_output_size", "check_denoiser"]
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
 
@@ -124,6 +125,14 @@ def run_sampler(denoise: Denoise, noise: Tensor, cfg: RunConfig, *, generator: O
 
 
 @torch.no_grad()
+def check_denoiser(cfg: RunConfig) -> None:
+    """Refuse to sample a network that is not a denoiser (an autoencoder run), naming what it is."""
+    if BACKBONES[cfg.model.backbone].kind != DENOISER:
+        raise ValueError(f"the run {cfg.name!r} is an {BACKBONES[cfg.model.backbone].kind} "
+                         f"({cfg.model.summary()}): it encodes and decodes clips and does not sample; "
+                         "`kinema eval` scores its reconstructions")
+
+
 def check_output_size(cfg: RunConfig, num: int, frames: int, window: Optional[int] = None) -> None:
     """Refuse `num` videos of `frames` frames at the model's size, before anything is allocated, unless there is at
     least one frame and they fit the bounds of kinema.config (`window`: the frames the network sees at once)."""
@@ -151,6 +160,7 @@ def generate(model: nn.Module, cfg: RunConfig, num: int, *, labels: Optional[Ten
     models take `prompts` (one for all, or one per video). With sample.guidance w > 0 classifier-free guidance pairs
     each condition with the null one. `frames` defaults to the training clip length.
     """
+    check_denoiser(cfg)
     frames = cfg.data.frames if frames is None else frames
     check_output_size(cfg, num, frames, window=frames)
     if batch_size < 1:

@@ -20,6 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..build import build_model, resolve_model
 from ..config import RunConfig
+from ..models import AUTOENCODER, BACKBONES
+from ..models.autoencoder import latent_shape
 from ..models.text import TEXT_DIM
 from ..precision import autocast
 
@@ -45,6 +47,8 @@ def _counted_config(cfg: RunConfig) -> RunConfig:
     """`cfg` resolved, without its class embedding: the embedding is a lookup of B × emb_dim (no FLOPs, no memory to
     speak of), and its range check reads the labels, which fake tensors do not have."""
     cfg = resolve_model(cfg)
+    if not hasattr(cfg.model, "num_classes"):  # an autoencoder
+        return cfg
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=0),
                                train=dataclasses.replace(cfg.train, class_conditional=False))
 
@@ -53,6 +57,8 @@ def _fake_inputs(cfg: RunConfig, batch: int) -> tuple[torch.Tensor, torch.Tensor
     """z (B, C, F, H, W), noise_level (B,) and the text conditioning, shaped as the trainer feeds the network."""
     d = cfg.data
     z = torch.randn(batch, d.channels, d.frames + d.images_per_video, d.height, d.width)
+    if BACKBONES[cfg.model.backbone].kind == AUTOENCODER:  # clips and the posterior's noise, no noise level
+        return z, torch.randn(latent_shape(cfg.model, tuple(z.shape))), {}
     cond = {}
     if cfg.train.text_conditional:
         cond = {"text": torch.randn(batch, TEXT_DIM), "text_mask": torch.ones(batch, 1, dtype=torch.bool)}
@@ -94,6 +100,7 @@ def trace_step(make_network: Callable[[], nn.Module], make_inputs: Callable[[], 
         with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             with autocast(precision, device):
                 out = network(z, level, **cond)
+            out = out[0] if isinstance(out, tuple) else out  # an autoencoder's (x̂, posterior)
             (out.float()[:, :z.shape[1]] - z).pow(2).mean().backward()
     return counter.get_total_flops(), sum(saved.values()), max(saved.values(), default=0)
 

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..build import build_dataset, build_model, build_noise, build_schedule, resolve_model
+from ..build import build_dataset, build_model, resolve_model
 from ..checkpoint import (
     CheckpointWriteError,
     load_optimizer_state,
@@ -38,17 +38,21 @@ from ..checkpoint import (
 from ..config import ConfigError, RunConfig, save_config
 from ..data import ResumableBatchSampler
 from ..data.media import to_uint8, write_videos
-from ..diffusion import diffusion_loss
+from ..models import AUTOENCODER, BACKBONES, DENOISER
 from ..precision import autocast, resolve_precision
-from ..sample import generate
+from .autoencoder import AutoencoderObjective
 from .cost import peak_flops, step_cost
 from .ema import EMA
 from .lock import RunLock, RunLocked
+from .objective import Objective, learning_rate
 from .patterns import draw_known_masks
 from .resume import check_resumable, checkpoint_to_resume
 from .signals import EXIT_RESUMABLE, StopSignals
 
 __all__ = ["train", "TrainingError", "TrainResult", "learning_rate", "Objective", "EXIT_RESUMABLE"]
+
+
+OBJECTIVES = {DENOISER: Objective, AUTOENCODER: AutoencoderObjective}  # a run's default by its backbone's kind
 
 
 class TrainingError(RuntimeError):
@@ -107,53 +111,6 @@ def _distributed() -> _Process:
         torch.cuda.set_device(local)
         return _Process(rank, world, torch.device("cuda", local))
     return _Process(rank, world, torch.device("cpu"))
-
-
-def learning_rate(cfg: RunConfig, step: int, steps: Optional[int] = None) -> float:
-    """lr for the update that makes step + 1: linear warm-up over train.warmup_steps, then constant, and linear
-    decay towards 0 over the last train.decay_steps of `steps` updates (default train.steps; a distillation round
-    passes its own length and step) (warmup-stable-decay; Hägele et al. 2024 find a short decay matches a cosine
-    schedule of the whole run). A function of the step alone, so resume stays exact and a finished run can be
-    continued with a higher train.steps and a decay at its end."""
-    tc = cfg.train
-    factor = min(1.0, (step + 1) / max(1, tc.warmup_steps))
-    if tc.decay_steps:
-        factor = min(factor, ((tc.steps if steps is None else steps) - step) / tc.decay_steps)
-    return tc.lr * factor
-
-
-class Objective:
-    """What the trainer fits, and the settings that may change as it goes. This one, the default, is the diffusion
-    loss on the data (spec A6) under one config; distillation (`kinema.train.distill`) changes the target and, round
-    by round, the config. Built once per run: it holds the schedule and the noise prior."""
-
-    verb = "training"  # the progress bar's word
-
-    def __init__(self, cfg: RunConfig):
-        self.cfg, self.schedule, self.prior = cfg, build_schedule(cfg.diffusion), build_noise(cfg.diffusion)
-
-    def config(self, step: int) -> RunConfig:
-        """The config written with a checkpoint at `step` and used for its preview."""
-        return self.cfg
-
-    def learning_rate(self, step: int) -> float:
-        """lr of the update that makes step + 1."""
-        return learning_rate(self.cfg, step)
-
-    def before_step(self, state: "_State") -> None:
-        """Called before every update, on a fresh or a resumed state alike (so resume stays exact)."""
-
-    def loss(self, forward, x: torch.Tensor, cond: dict, generator: torch.Generator) -> torch.Tensor:
-        """Per-example loss (B,) of clean data x; `forward(z, noise_level, **cond)` is the network being trained.
-        With frame conditioning (cond["known_mask"]) only the unknown frames count (a masked mean over them)."""
-        known = cond.get("known_mask")
-        return diffusion_loss(forward, self.schedule, x, prediction=self.cfg.diffusion.prediction,
-                              weighting=self.cfg.diffusion.weighting, cond=cond, generator=generator,
-                              noise_sampler=self.prior.like, loss_frames=None if known is None else ~known)
-
-    def record(self, step: int) -> dict:
-        """Fields added to the log line, the progress bar and state.json at `step`."""
-        return {}
 
 
 class _Log:
@@ -304,7 +261,7 @@ def _conditioning(batch: dict, cfg: RunConfig, state: _State, text_encoder, devi
     cond = {}
     if "frame_mask" in batch:
         cond["frame_mask"] = batch["frame_mask"].to(device)
-    if cfg.model.frame_conditioning:
+    if getattr(cfg.model, "frame_conditioning", False):  # an autoencoder has no such field
         video = batch["video"]
         cond["known_mask"] = draw_known_masks(video.shape[0], video.shape[2], cfg.train.frame_patterns,
                                               state.generator, batch.get("frame_mask")).to(device)
@@ -414,8 +371,8 @@ def _mfu_basis(cfg: RunConfig, proc: _Process, precision: str) -> tuple[int, Opt
         return 0, None
 
 
-def _write_preview(cfg: RunConfig, run_dir: Path, state: _State, device: torch.device) -> None:
-    videos = to_uint8(generate(state.ema.model, cfg, cfg.train.sample_count, device=device))
+def _write_preview(cfg: RunConfig, run_dir: Path, state: _State, device: torch.device, objective: Objective) -> None:
+    videos = to_uint8(objective.preview(state.ema.model, cfg, device))
     for suffix in (".gif", ".mp4"):
         write_videos(videos, run_dir / "samples" / f"step_{state.step:06d}{suffix}", fps=cfg.sample.fps, scale=2)
 
@@ -436,7 +393,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
     if cfg.distill is not None and objective is None:
         raise ConfigError(f"{run_dir} is a distillation (its config has a distill section): continue it with "
                           f"kinema distill TEACHER --name {cfg.name} --resume, or kinema.train.distill")
-    objective = objective or Objective(cfg)
+    objective = objective or OBJECTIVES[BACKBONES[cfg.model.backbone].kind](cfg)
     state = _new_state(cfg, proc)  # built (and its size checked) before the run folder is touched
     with _run_lock(run_dir, proc), StopSignals() as signals:
         last, notes = checkpoint_to_resume(run_dir, resume)
@@ -487,7 +444,7 @@ def _train(cfg: RunConfig, run_dir: Path, proc: _Process, state: _State, signals
                 state.saved = _save(step_cfg, run_dir, state, proc, extra) or state.saved
             if proc.is_main and tc.sample_every > 0 and (state.step % tc.sample_every == 0 or state.step == end
                                                          or stop == "time limit"):
-                _write_preview(step_cfg, run_dir, state, proc.device)
+                _write_preview(step_cfg, run_dir, state, proc.device, objective)
             if stop:
                 stopped_by = stop
                 break
