@@ -5,6 +5,7 @@ The only place that knows how a `RunConfig` turns into the pieces: training, sam
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -19,9 +20,11 @@ from .diffusion import CosineSchedule, FrameNoise, Schedule, ShiftedCosineSchedu
 from .diffusion.parameterization import output_channels
 from .diffusion.schedules import SCHEDULES
 from .models import AUTOENCODER, BACKBONES
+from .models.autoencoder import latent_frames
 from .models.text import TEXT_DIM
 
-__all__ = ["build_schedule", "build_noise", "resolve_model", "build_model", "build_dataset", "load_model"]
+__all__ = ["build_schedule", "build_noise", "resolve_model", "build_model", "build_dataset", "load_model",
+           "latent_view", "denoiser_space", "load_autoencoder"]
 
 
 def build_schedule(cfg: DiffusionConfig) -> Schedule:
@@ -48,6 +51,10 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
     if BACKBONES[cfg.model.backbone].kind == AUTOENCODER:  # clips in, clips out: nothing else to resolve
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, in_channels=cfg.data.channels))
     channels, num_classes, text_dim = cfg.data.channels, cfg.model.num_classes, cfg.model.text_dim
+    if cfg.latent is not None:  # the denoiser's channels are the latent's; the autoencoder is pinned to a folder
+        folder = _autoencoder_folder(cfg)
+        cfg = dataclasses.replace(cfg, latent=dataclasses.replace(cfg.latent, autoencoder=str(folder)))
+        channels = latent_view(cfg, _autoencoder_config(cfg, folder)).data.channels
     if cfg.train.text_conditional and text_dim not in (0, TEXT_DIM):
         raise ValueError(f"model.text_dim is {text_dim}, but the sentence encoder gives {TEXT_DIM}-d embeddings")
     needs_labels = cfg.train.class_conditional and num_classes == 0
@@ -62,6 +69,57 @@ def resolve_model(cfg: RunConfig) -> RunConfig:
         num_classes = provides.num_classes if needs_labels else num_classes
         text_dim = TEXT_DIM if needs_text else text_dim
     return _with_model(cfg, channels, num_classes, text_dim)
+
+
+def _autoencoder_folder(cfg: RunConfig) -> Path:
+    """The checkpoint folder latent.autoencoder names (a run: its newest checkpoint), absolute; a clear error when
+    it is gone, since a latent run's samples need the decoder it was trained with."""
+    try:
+        return resolve_checkpoint(cfg.latent.autoencoder).resolve()
+    except (FileNotFoundError, ValueError) as err:
+        raise FileNotFoundError(f"latent.autoencoder: {err} (a latent diffusion run encodes and decodes with the "
+                                "autoencoder it names; keep that folder, or set latent.autoencoder to its copy)"
+                                ) from err
+
+
+def _autoencoder_config(cfg: RunConfig, folder: Path) -> RunConfig:
+    """The autoencoder run's config, checked against the latent run's data: an autoencoder, of the same channels,
+    and of a spatial factor the frames divide."""
+    ae = load_config(folder / "config.toml")
+    if BACKBONES[ae.model.backbone].kind != AUTOENCODER:
+        raise ValueError(f"latent.autoencoder: {folder} holds a {ae.model.backbone} model, not an autoencoder")
+    d, s = cfg.data, ae.model.spatial_factor
+    if ae.data.channels != d.channels or d.height % s or d.width % s:
+        raise ValueError(f"latent.autoencoder: {folder} encodes {ae.data.channels}-channel frames with height and "
+                         f"width multiples of {s}; this run's data is {d.channels}-channel {d.height}×{d.width}")
+    return ae
+
+
+def latent_view(cfg: RunConfig, autoencoder: RunConfig) -> RunConfig:
+    """`cfg` as its denoiser sees it: the data section shaped as the latents of `autoencoder`'s (its config), the
+    latent section dropped. Sampling, the size checks and the FLOP count run on this view."""
+    m, data = autoencoder.model, copy.copy(cfg.data)
+    # set, not dataclasses.replace: a latent has any channel count, which DataConfig (frames to decode: 1 or 3)
+    # refuses; the view is never used to read data
+    data.frames = latent_frames(data.frames, m.temporal_factor)
+    data.channels, data.height, data.width = (m.latent_channels, data.height // m.spatial_factor,
+                                              data.width // m.spatial_factor)
+    return dataclasses.replace(cfg, data=data, latent=None)
+
+
+def denoiser_space(cfg: RunConfig) -> RunConfig:
+    """`cfg` itself for a pixel-space run, its `latent_view` for a latent one."""
+    if cfg.latent is None:
+        return cfg
+    return latent_view(cfg, _autoencoder_config(cfg, _autoencoder_folder(cfg)))
+
+
+def load_autoencoder(cfg: RunConfig, device: str | torch.device = "cpu") -> tuple[RunConfig, nn.Module]:
+    """The (config, EMA network) of a latent run's autoencoder, frozen, in eval mode."""
+    folder = _autoencoder_folder(cfg)
+    ae_cfg = _autoencoder_config(cfg, folder)
+    _, network = load_model(folder, device=device)
+    return ae_cfg, network.requires_grad_(False)
 
 
 def _with_model(cfg: RunConfig, channels: int, num_classes: int, text_dim: int) -> RunConfig:

@@ -46,10 +46,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig", "DistillConfig", "RunConfig", "RUN_PRESETS",
-           "ModelConfig", "MODEL_CONFIGS", "ConfigError", "load_config", "save_config", "apply_overrides",
-           "config_from_dict", "config_to_dict", "with_sample", "changed_fields", "changes_shape", "MAX_FRAMES",
-           "MAX_SIDE", "MAX_CLIP_ELEMENTS", "MAX_BATCH_ELEMENTS"]
+__all__ = ["DiffusionConfig", "DataConfig", "TrainConfig", "SampleConfig", "DistillConfig", "LatentConfig", "RunConfig",
+           "RUN_PRESETS", "ModelConfig", "MODEL_CONFIGS", "ConfigError", "load_config", "save_config",
+           "apply_overrides", "config_from_dict", "config_to_dict", "with_sample", "changed_fields", "changes_shape",
+           "MAX_FRAMES", "MAX_SIDE", "MAX_CLIP_ELEMENTS", "MAX_BATCH_ELEMENTS"]
 
 
 class ConfigError(ValueError):
@@ -236,6 +236,23 @@ class SampleConfig:
 
 
 @dataclass
+class LatentConfig:
+    """Latent diffusion (issue 22): the run's denoiser models the latents of a trained video autoencoder instead of
+    pixels; training encodes each clip, sampling decodes. Present only in a latent run."""
+
+    autoencoder: str = ""  # an autoencoder run or checkpoint folder; the trained run records the folder it used
+    scale: float = 0.0  # latents are multiplied by it to unit variance; 0: measured on the data when training starts
+
+    def __post_init__(self) -> None:
+        _check_finite("latent", self)
+        if not self.autoencoder:
+            raise ConfigError("latent.autoencoder must name an autoencoder run or checkpoint folder "
+                              "(kinema train --preset ae-digits64 trains one)")
+        if self.scale < 0:
+            raise ConfigError(f"latent.scale must be positive (or 0: measured when training starts); got {self.scale}")
+
+
+@dataclass
 class DistillConfig:
     """Progressive distillation (spec A9): the teacher's DDIM sampler of `start_steps` steps is halved round by round
     into a student of `end_steps` steps, each round `steps_per_round` updates. Present only in a distilled run."""
@@ -272,10 +289,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     distill: Optional[DistillConfig] = None  # set in a distilled run only
+    latent: Optional[LatentConfig] = None  # set in a latent diffusion run only
 
     def __post_init__(self) -> None:
         if self.distill is not None:
             _check_distill(self)
+        if self.latent is not None:
+            _check_latent(self)
         if getattr(self.model, "frame_conditioning", False) and self.data.frames < 2:
             raise ConfigError(f"model.frame_conditioning needs clips of at least 2 frames (one known, one to "
                               f"generate); data.frames is {self.data.frames}")
@@ -290,6 +310,16 @@ class RunConfig:
                               f"elements would need {elements * 4 / 2**30:,.0f} GiB as float32 on one process, more "
                               f"than the {MAX_BATCH_ELEMENTS:,} elements ({MAX_BATCH_ELEMENTS * 4 // 2**30} GiB) a "
                               "micro-batch may have; reduce train.batch_size or raise train.grad_accum")
+
+
+def _check_latent(cfg: RunConfig) -> None:
+    """A latent run's settings that latent space does not support (yet), refused with the field named."""
+    for name, used in (("model.backbone=autoencoder", BACKBONES[cfg.model.backbone].kind == AUTOENCODER),
+                       ("model.frame_conditioning", getattr(cfg.model, "frame_conditioning", False)),
+                       ("distill", cfg.distill is not None),
+                       ("data.images_per_video", cfg.data.images_per_video > 0)):
+        if used:
+            raise ConfigError(f"{name}: not supported in a latent diffusion run (latent.autoencoder is set)")
 
 
 def _check_autoencoder(cfg: RunConfig) -> None:
@@ -418,7 +448,8 @@ def changed_fields(old: RunConfig, new: RunConfig) -> list[tuple[str, Any, Any]]
 
 # Fields that may differ between a run and its resumption without changing what the network or a batch is.
 _SHAPE_FREE_MODEL_FIELDS = {"model.gradient_checkpointing", "model.dropout"}
-_SHAPE_FIELDS = {"diffusion.prediction", "data.frames", "data.height", "data.width", "data.channels",
+_SHAPE_FIELDS = {"diffusion.prediction", "latent.autoencoder", "latent.scale",
+                 "data.frames", "data.height", "data.width", "data.channels",
                  "data.images_per_video", "train.class_conditional", "train.text_conditional"}
 
 

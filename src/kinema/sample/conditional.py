@@ -131,6 +131,9 @@ def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence
     other models it defaults to "reconstruction".
     """
     check_denoiser(cfg)
+    if cfg.latent is not None:
+        raise ValueError(f"the run {cfg.name!r} is a latent diffusion run: predict, extend, interpolate and upsample "
+                         "work on pixel-space runs only so far")
     trained = uses_frame_conditioning(model, frame_conditioning)
     method = method or ("replacement" if trained else "reconstruction")
     _check_method(method, weight)

@@ -11,10 +11,11 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..build import build_noise, build_schedule
+from ..build import build_noise, build_schedule, latent_view, load_autoencoder
 from ..config import MAX_BATCH_ELEMENTS, MAX_FRAMES, RunConfig, SampleConfig
 from ..diffusion import SAMPLERS, ClassifierFreeGuidance, Conditioned, Denoiser, FrameConditioned
 from ..models import BACKBONES, DENOISER
+from ..models.autoencoder import latent_frames
 from ..precision import autocast, resolve_precision
 
 __all__ = ["conditioning", "conditioned_denoiser", "run_sampler", "sampler_keywords", "sampling_record", "generate",
@@ -162,6 +163,9 @@ def generate(model: nn.Module, cfg: RunConfig, num: int, *, labels: Optional[Ten
     """
     check_denoiser(cfg)
     frames = cfg.data.frames if frames is None else frames
+    if cfg.latent is not None:
+        return _generate_latent(model, cfg, num, frames, labels=labels, prompts=prompts, device=device,
+                                progress=progress, batch_size=batch_size)
     check_output_size(cfg, num, frames, window=frames)
     if batch_size < 1:
         raise ValueError(f"batch_size (videos per sampling batch) must be at least 1; got {batch_size}")
@@ -179,3 +183,18 @@ def generate(model: nn.Module, cfg: RunConfig, num: int, *, labels: Optional[Ten
         out.append(run_sampler(denoise, noise, cfg, generator=gen, progress=progress).float().cpu())
     model.train(was_training)
     return torch.cat(out).clamp(-1, 1)
+
+
+def _generate_latent(model: nn.Module, cfg: RunConfig, num: int, frames: int, *, device: Optional[torch.device],
+                     batch_size: int, **kwargs) -> Tensor:
+    """`generate` for a latent run: sample latents in the run's latent view, then decode them (latent / scale) with
+    its autoencoder to `frames` pixel frames."""
+    device = device or next(model.parameters()).device
+    ae_cfg, autoencoder = load_autoencoder(cfg, device)
+    view = latent_view(cfg, ae_cfg)
+    latents = generate(model, view, num, frames=latent_frames(frames, ae_cfg.model.temporal_factor), device=device,
+                       batch_size=batch_size, **kwargs)
+    with torch.no_grad():
+        videos = [autoencoder.decode(latents[i:i + batch_size].to(device) / cfg.latent.scale, frames).float().cpu()
+                  for i in range(0, num, batch_size)]
+    return torch.cat(videos).clamp(-1, 1)

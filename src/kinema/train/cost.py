@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..build import build_model, resolve_model
+from ..build import build_model, denoiser_space, resolve_model
 from ..config import RunConfig
 from ..models import AUTOENCODER, BACKBONES
 from ..models.autoencoder import latent_shape
@@ -69,7 +69,7 @@ def step_cost(cfg: RunConfig, device: torch.device, precision: str, world: int =
     """Count one training step of `cfg` on `device` at `precision` ("fp32" | "bf16" | "fp16", resolved), with the
     micro-batch of one of `world` processes, train.grad_accum times."""
     micro = cfg.train.batch_size // (world * cfg.train.grad_accum)
-    counted = _counted_config(cfg)
+    counted = _counted_config(denoiser_space(resolve_model(cfg)))  # a latent run's denoiser, on latents
     flops, saved, largest = trace_step(lambda: build_model(counted), lambda: _fake_inputs(counted, micro), device,
                                        precision)
     parameters = sum(p.numel() for p in build_model_meta(cfg).parameters())

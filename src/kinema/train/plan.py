@@ -15,11 +15,10 @@ from typing import Callable, Optional
 
 import torch
 
-from ..build import resolve_model
 from ..config import RunConfig
 from ..precision import resolve_precision
 from .cost import MemoryEstimate, memory_estimate, peak_flops, step_cost
-from .trainer import Objective, _batches, _new_state, _optimizer_step, _Process
+from .trainer import _batches, _new_state, _optimizer_step, _Process, make_objective
 
 __all__ = ["Plan", "plan", "TrainerStep", "time_steps", "available_memory"]
 
@@ -96,11 +95,12 @@ class TrainerStep:
     distributed run (`state.parallel` is then the caller's to wrap in DistributedDataParallel)."""
 
     def __init__(self, cfg: RunConfig, device: Optional[torch.device] = None, proc: Optional[_Process] = None):
-        self.cfg, self.proc = resolve_model(cfg), proc or _Process(0, 1, device or torch.device("cpu"))
+        self.proc = proc or _Process(0, 1, device or torch.device("cpu"))
+        self.cfg, self.objective = make_objective(cfg, self.proc.device)
         self.state = _new_state(self.cfg, self.proc)
         self.state.parallel = self.state.network
         self.state.network.train()
-        self.batches, self.objective = _batches(self.cfg, self.state, self.proc, progress=False), Objective(self.cfg)
+        self.batches = _batches(self.cfg, self.state, self.proc, progress=False)
         self.text_encoder = None
         if self.cfg.train.text_conditional:
             from ..models.text import TextEncoder

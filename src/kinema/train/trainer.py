@@ -43,6 +43,7 @@ from ..precision import autocast, resolve_precision
 from .autoencoder import AutoencoderObjective
 from .cost import peak_flops, step_cost
 from .ema import EMA
+from .latent import InLatentSpace, with_latent_scale
 from .lock import RunLock, RunLocked
 from .objective import Objective, learning_rate
 from .patterns import draw_known_masks
@@ -377,6 +378,16 @@ def _write_preview(cfg: RunConfig, run_dir: Path, state: _State, device: torch.d
         write_videos(videos, run_dir / "samples" / f"step_{state.step:06d}{suffix}", fps=cfg.sample.fps, scale=2)
 
 
+def make_objective(cfg: RunConfig, device: torch.device) -> tuple[RunConfig, Objective]:
+    """The run's config as trained (the network resolved, a latent run's scale measured) and its default objective:
+    `OBJECTIVES` by the backbone's kind, in latent space for a latent run."""
+    cfg = resolve_model(cfg)
+    if cfg.latent is None:
+        return cfg, OBJECTIVES[BACKBONES[cfg.model.backbone].kind](cfg)
+    cfg, encoder = with_latent_scale(cfg, device)
+    return cfg, InLatentSpace(Objective(cfg), encoder)
+
+
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
           max_steps: Optional[int] = None, objective: Optional[Objective] = None) -> TrainResult:
     """Train `cfg` into `run_dir` (config.toml, metrics.jsonl, samples/, checkpoints/).
@@ -386,14 +397,15 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress
     early (the run's target stays cfg.train.steps); it exists for tests and demos. `objective` (default: the
     diffusion loss, `Objective(cfg)`) is what is fitted; `kinema.train.distill` passes another.
     """
-    run_dir, proc, cfg = Path(run_dir), _distributed(), resolve_model(cfg)
+    run_dir, proc = Path(run_dir), _distributed()
+    cfg, default = make_objective(cfg, proc.device)
     _micro_batch(cfg, proc.world)
     if resume and not (run_dir / "checkpoints").is_dir():
         raise FileNotFoundError(f"{run_dir}: nothing to resume (no checkpoints/step_* folder)")
     if cfg.distill is not None and objective is None:
         raise ConfigError(f"{run_dir} is a distillation (its config has a distill section): continue it with "
                           f"kinema distill TEACHER --name {cfg.name} --resume, or kinema.train.distill")
-    objective = objective or OBJECTIVES[BACKBONES[cfg.model.backbone].kind](cfg)
+    objective = objective or default
     state = _new_state(cfg, proc)  # built (and its size checked) before the run folder is touched
     with _run_lock(run_dir, proc), StopSignals() as signals:
         last, notes = checkpoint_to_resume(run_dir, resume)
@@ -419,7 +431,7 @@ def _train(cfg: RunConfig, run_dir: Path, proc: _Process, state: _State, signals
         save_config(cfg, run_dir / "config.toml")
     log = _Log(run_dir, proc.is_main, state.step)
     end = tc.steps if max_steps is None else min(tc.steps, max_steps)
-    flops, peak = _mfu_basis(cfg, proc, state.precision)
+    flops, peak = _mfu_basis(cfg, proc, state.precision)  # a latent run's: the denoiser's (encoding not counted)
     shown = {}  # the MFU of the last log record, on the progress bar until the next
     start_time, start_step, stopped_by = time.time(), state.step, "steps"
     bar = tqdm(total=tc.steps, initial=state.step, desc=f"{objective.verb} {cfg.name}",

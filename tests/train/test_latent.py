@@ -1,0 +1,98 @@
+"""Latent diffusion runs (latent.autoencoder): training on encoded clips, the measured scale, sampling by decoding."""
+
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from helpers import micro
+from kinema.build import build_dataset, load_autoencoder, load_model
+from kinema.cli import main
+from kinema.config import ConfigError, RunConfig, apply_overrides
+from kinema.sample import generate, predict
+from kinema.train import train
+from kinema.train.latent import measure_scale
+
+MICRO_AE = ["model.backbone=autoencoder", "model.base_channels=8", "model.channel_mults=1,2",
+            "model.latent_channels=2", "data.frames=4", "data.height=16", "data.width=16", "data.digit_size=8",
+            "train.batch_size=2", "train.warmup_steps=2", "train.sample_every=0", "train.log_every=1",
+            "train.precision=fp32"]
+
+
+@pytest.fixture(scope="module")
+def autoencoder(tmp_path_factory):
+    run = tmp_path_factory.mktemp("latent") / "ae"
+    train(apply_overrides(RunConfig(name="ae"), MICRO_AE + ["train.steps=3"]), run, progress=False)
+    return run
+
+
+def _latent(ae, *extra, dit=False):
+    return micro("train.steps=3", "train.checkpoint_every=2", f"latent.autoencoder={ae}", *extra, dit=dit)
+
+
+@pytest.mark.parametrize("dit", [False, True], ids=["unet", "dit"])
+def test_a_latent_run_trains_on_latents_and_samples_pixels(autoencoder, tmp_path, dit):
+    train(_latent(autoencoder, "train.sample_every=3", "train.sample_count=2", dit=dit), tmp_path / "ld",
+          progress=False)
+    cfg, model = load_model(tmp_path / "ld")
+    assert cfg.latent.autoencoder == str((autoencoder / "checkpoints" / "step_000003").resolve())
+    assert cfg.model.in_channels == 2  # the latent's channels, not the data's one
+    videos = generate(model, cfg, 3)
+    assert videos.shape == (3, 1, 4, 16, 16) and videos.abs().max() <= 1
+    assert (tmp_path / "ld" / "samples" / "step_000003.gif").is_file()
+
+
+def test_the_scale_gives_the_latents_unit_variance(autoencoder, tmp_path):
+    cfg = _latent(autoencoder)
+    train(cfg, tmp_path / "ld", progress=False, max_steps=1)
+    saved, _ = load_model(tmp_path / "ld")
+    _, ae = load_autoencoder(saved)
+    assert saved.latent.scale == pytest.approx(measure_scale(saved, ae))
+    clips = torch.stack([item["video"] for item in build_dataset(cfg.data, "test", progress=False).spread(32)])
+    std = float((ae.encode(clips) * saved.latent.scale).std())
+    assert 0.8 < std < 1.25, std  # held-out clips: unit variance up to sampling noise
+    # a scale that is set is kept, and changes what the denoiser is trained on
+    kept = _latent(autoencoder, "latent.scale=0.5")
+    train(kept, tmp_path / "kept", progress=False, max_steps=1)
+    assert load_model(tmp_path / "kept")[0].latent.scale == 0.5
+
+
+def test_a_latent_run_resumes_bit_identically(autoencoder, tmp_path):
+    cfg = _latent(autoencoder, "train.steps=4")
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "interrupted", progress=False, max_steps=2)
+    train(cfg, tmp_path / "interrupted", progress=False, resume=True)
+    a, b = (load_file(str(tmp_path / n / "checkpoints" / "step_000004" / "ema.safetensors"))
+            for n in ("straight", "interrupted"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_checkpoint_folder_alone_samples_and_a_missing_autoencoder_is_named(autoencoder, tmp_path):
+    train(_latent(autoencoder, "train.steps=1"), tmp_path / "ld", progress=False)
+    folder = shutil.copytree(tmp_path / "ld" / "checkpoints" / "step_000001", tmp_path / "elsewhere")
+    shutil.rmtree(tmp_path / "ld")
+    out = tmp_path / "s.npz"
+    result = CliRunner().invoke(main, ["sample", str(folder), "--num", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    moved = tmp_path / "ae-moved"
+    shutil.copytree(autoencoder, moved)
+    saved = load_model(folder)[0].latent.autoencoder
+    shutil.rmtree(saved)
+    try:
+        result = CliRunner().invoke(main, ["sample", str(folder), "--num", "1", "--out", str(out)])
+        assert result.exit_code != 0 and "latent.autoencoder" in result.output and "Traceback" not in result.output
+    finally:
+        shutil.copytree(moved / "checkpoints" / "step_000003", saved)
+
+
+def test_unsupported_combinations_are_refused(autoencoder, tmp_path):
+    with pytest.raises(ConfigError, match="model.frame_conditioning"):
+        _latent(autoencoder, "model.frame_conditioning=true")
+    with pytest.raises(ConfigError, match="latent.autoencoder must name"):
+        micro("latent.scale=1")
+    train(_latent(autoencoder, "train.steps=1"), tmp_path / "ld", progress=False)
+    cfg, model = load_model(tmp_path / "ld")
+    with pytest.raises(ValueError, match="latent diffusion run"):
+        predict(model, cfg, torch.zeros(1, 1, 2, 16, 16), 2)
