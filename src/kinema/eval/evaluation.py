@@ -25,7 +25,9 @@ from ..checkpoint import is_pretrained, read_step, resolve_checkpoint
 from ..config import DataConfig, RunConfig, with_sample
 from ..data import DATASETS, MovingDigits
 from ..data.media import frame_strip, read_npz, to_uint8, write_videos
+from ..models import AUTOENCODER, BACKBONES
 from ..sample import generate, sampling_record
+from .frames import psnr, ssim
 from .frechet import frechet_distance_from_features
 from .i3d_weights import FVD_INSTALL_HINT, resolve_fvd_weights
 from .oracle import MOTION_FAULTS, DigitOracle
@@ -175,6 +177,27 @@ def _read(samples_file: str | Path, num: int, channels: int, sample_changes: Map
     return samples, {"samples_file": str(samples_file)}
 
 
+def _reconstruct(model: nn.Module, real: Tensor, device: torch.device, batch_size: int) -> Tensor:
+    """An autoencoder's reconstructions (decoded posterior means) of `real`, batch by batch."""
+    with torch.no_grad():
+        return torch.cat([model(real[i:i + batch_size].to(device))[0].float().clamp(-1, 1).cpu()
+                          for i in range(0, len(real), batch_size)])
+
+
+def _reconstruction_rows(recon: Tensor, real: Tensor) -> list[MetricRow]:
+    """PSNR and SSIM of reconstructions against their clips, beside a blank frame's (the background alone): the
+    trivial baseline that a sparse dataset such as Moving Digits scores well on."""
+    blank = torch.full_like(real, -1.0)
+    rows = []
+    for key, name, metric, spec in (("psnr", "PSNR (dB)", psnr, ".2f"), ("ssim", "SSIM", ssim, ".3f")):
+        values = [float(metric(x, real).clamp(max=60.0).mean()) for x in (recon, blank)]  # 60 dB: exact frames
+        rows.append(MetricRow(f"reconstruction_{key}", f"reconstruction {name}", values[0], None, spec,
+                              f"the {len(real)} reference clips encoded and decoded, against the clips"))
+        rows.append(MetricRow(f"blank_{key}", f"blank frame {name} (baseline)", values[1], None, spec,
+                              "every frame the background colour (-1), against the clips"))
+    return rows
+
+
 def _write_videos(out: Path, samples: Tensor, real: Tensor, fps: float) -> None:
     import imageio.v3 as iio
 
@@ -213,7 +236,14 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
     baseline = None  # a second real set: the oracle FD's noise floor at this N
     if _has_oracle(data, data.channels):
         baseline = _oracle(data).clip_features(reference_clips(data, split, num, offset=num))
-    if samples_file is not None:
+    autoencoder = BACKBONES[cfg.model.backbone].kind == AUTOENCODER
+    if autoencoder:  # its "samples" are its reconstructions of the reference clips
+        if samples_file is not None or label is not None or any(v is not None for v in (sample or {}).values()):
+            raise ValueError(f"{checkpoint} is an autoencoder: eval scores its reconstructions of the reference "
+                             "clips; --samples, --label and sampling options do not apply")
+        samples, sampling = _reconstruct(model, real, device, batch_size), {"reconstructions": True,
+                                                                             "weights": weights}
+    elif samples_file is not None:
         samples, sampling = _read(samples_file, num, data.channels, sample or {}, label)
     else:
         cfg = with_sample(cfg, **(sample or {}))
@@ -223,6 +253,8 @@ def evaluate(run_or_checkpoint: str | Path, out: Optional[str | Path] = None, *,
     rows, notes, details = score(samples, real[:, :, :samples.shape[2]], data, real_baseline=baseline,
                                  fvd_weights=fvd_weights, device=device, batch_size=max(1, batch_size // 2),
                                  progress=progress)
+    if autoencoder:
+        rows = _reconstruction_rows(samples, real) + rows
     notes = [FVD_SKIPPED if note == FVD_MISSING and not fvd else note for note in notes]
     _write_videos(out, samples, real, cfg.sample.fps)
     result = {

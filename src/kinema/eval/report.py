@@ -131,6 +131,8 @@ def write_eval_report(out: Path, result: dict) -> Path:
     rows += [f"<tr><td colspan=4>{esc(note)}</td></tr>" for note in result["notes"]]
     if "samples_file" in sampling:
         how = f"samples read from {esc(sampling['samples_file'])}"
+    elif sampling.get("reconstructions"):
+        how = f"an autoencoder's reconstructions of the reference clips, {esc(sampling['weights'])} weights"
     else:
         how = (f"{esc(str(sampling['sampler']))}, {sampling['steps']} steps, "
                f"{sampling['langevin_steps']} corrector step(s) each, guidance {sampling['guidance']}, "
