@@ -11,7 +11,9 @@ from helpers import micro
 from kinema.build import build_dataset, load_autoencoder, load_model
 from kinema.cli import main
 from kinema.config import ConfigError, RunConfig, apply_overrides
-from kinema.sample import generate, predict
+from kinema.models import VideoAutoencoder
+from kinema.models.autoencoder import known_latents
+from kinema.sample import extend, generate, interpolate, predict
 from kinema.train import train
 from kinema.train.latent import measure_scale
 
@@ -87,12 +89,34 @@ def test_the_checkpoint_folder_alone_samples_and_a_missing_autoencoder_is_named(
         shutil.copytree(moved / "checkpoints" / "step_000003", saved)
 
 
-def test_unsupported_combinations_are_refused(autoencoder, tmp_path):
+def test_unsupported_combinations_are_refused(autoencoder):
     with pytest.raises(ConfigError, match="model.frame_conditioning"):
         _latent(autoencoder, "model.frame_conditioning=true")
     with pytest.raises(ConfigError, match="latent.autoencoder must name"):
         micro("latent.scale=1")
+
+
+def test_known_frames_map_to_latent_frames_by_causality():
+    yes, no = True, False
+    assert known_latents(torch.tensor([yes] * 4 + [no] * 4), 1).tolist() == [yes] * 4 + [no] * 4
+    # r = 2: latent 0 is frame 0, latent j covers frames 2j-1, 2j; frames 0-3 known make latents 0 and 1 known
+    assert known_latents(torch.tensor([yes] * 4 + [no] * 5), 2).tolist() == [yes, yes, no, no, no]
+    # a frame known after an unknown one determines nothing: latent 2 depends on frames 0-4
+    assert known_latents(torch.tensor([yes, no, yes, yes, yes]), 2).tolist() == [yes, no, no]
+
+
+def test_latent_runs_predict_and_extend_and_refuse_interpolation(autoencoder, tmp_path, monkeypatch):
     train(_latent(autoencoder, "train.steps=1"), tmp_path / "ld", progress=False)
     cfg, model = load_model(tmp_path / "ld")
-    with pytest.raises(ValueError, match="latent diffusion run"):
-        predict(model, cfg, torch.zeros(1, 1, 2, 16, 16), 2)
+    seen = []
+    decode = VideoAutoencoder.decode
+    monkeypatch.setattr(VideoAutoencoder, "decode",
+                        lambda self, z, frames=None: seen.append(z) or decode(self, z, frames))
+    context = torch.rand(2, 1, 2, 16, 16) * 2 - 1
+    out = predict(model, cfg, context, 6)
+    assert out.shape == (2, 1, 8, 16, 16) and torch.equal(out[:, :, :2], context)
+    assert extend(model, cfg, 6, 2).shape == (2, 1, 6, 16, 16)
+    # the denoiser's latents reach the decoder unclipped (unit variance, not a [-1, 1] range)
+    assert max(float(z.abs().max()) for z in seen) * cfg.latent.scale > 1.0
+    with pytest.raises(ValueError, match="given after frame"):
+        interpolate(model, cfg, torch.rand(1, 1, 3, 16, 16) * 2 - 1, 2)

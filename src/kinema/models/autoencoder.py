@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from .attention import group_norm
 
 __all__ = ["AutoencoderConfig", "VideoAutoencoder", "AUTOENCODER_PRESETS", "Posterior", "latent_frames",
-           "latent_shape", "frames_of_latent"]
+           "latent_shape", "frames_of_latent", "known_latents"]
 
 LOGVAR_RANGE = (-30.0, 20.0)  # the clamp of the encoder's log-variance (Stable Diffusion's), against exp overflow
 
@@ -116,6 +116,15 @@ def frames_of_latent(index: int, factor: int) -> range:
     """The input frames latent frame `index` covers: frame 0 alone for index 0, else frames factor·(index − 1) + 1
     to factor·index."""
     return range(0, 1) if index == 0 else range(factor * (index - 1) + 1, factor * index + 1)
+
+
+def known_latents(known: Tensor, factor: int) -> Tensor:
+    """(F',) which latent frames a clip's known frames (F,) determine: latent frame j when every frame up to the
+    last it covers is known (the encoder is causal, so latent j depends on frames 0 … factor·j and no later)."""
+    known = torch.as_tensor(known, dtype=torch.bool)
+    count = latent_frames(len(known), factor)
+    prefix = int(known.long().cumprod(0).sum())  # frames 0 … prefix − 1 are known
+    return torch.tensor([frames_of_latent(j, factor)[-1] < prefix for j in range(count)])
 
 
 class Posterior(NamedTuple):

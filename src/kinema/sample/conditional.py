@@ -25,9 +25,10 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..build import build_noise, build_schedule
+from ..build import build_noise, build_schedule, latent_view, load_autoencoder
 from ..config import RunConfig, with_sample
 from ..diffusion import ReconstructionGuidance, Replacement, SuperResolutionGuidance
+from ..models.autoencoder import known_latents, latent_frames
 from .generation import check_denoiser, check_output_size, conditioned_denoiser, conditioning, run_sampler
 
 __all__ = ["fill_frames", "uses_frame_conditioning",
@@ -131,9 +132,18 @@ def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence
     other models it defaults to "reconstruction".
     """
     check_denoiser(cfg)
+    keywords = dict(method=method, weight=weight, overlap=overlap, low_res=low_res, sr_weight=sr_weight, labels=labels,
+                    prompts=prompts, window=window, frame_conditioning=frame_conditioning, progress=progress)
     if cfg.latent is not None:
-        raise ValueError(f"the run {cfg.name!r} is a latent diffusion run: predict, extend, interpolate and upsample "
-                         "work on pixel-space runs only so far")
+        return _fill_latent(model, cfg, video, known, **keywords)
+    return _fill(model, cfg, video, known, **keywords).clamp(-1, 1)
+
+
+def _fill(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence[bool] | Tensor, *,
+          method: Optional[str], weight: float, overlap: Optional[int], low_res: Optional[Tensor], sr_weight: float,
+          labels: Optional[Tensor], prompts: Optional[Sequence[str]], window: Optional[int],
+          frame_conditioning: Optional[bool], progress: bool) -> Tensor:
+    """`fill_frames` in the space cfg.data describes (pixels, or a latent view), unclipped."""
     trained = uses_frame_conditioning(model, frame_conditioning)
     method = method or ("replacement" if trained else "reconstruction")
     _check_method(method, weight)
@@ -178,7 +188,47 @@ def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence
         new = [i - win.start for i in win.new]
         out[:, :, list(win.new)] = sample[:, :, new].float()
     model.train(was_training)
-    return out.clamp(-1, 1).cpu()
+    return out.cpu()
+
+
+def _fill_latent(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence[bool] | Tensor, *,
+                 low_res: Optional[Tensor], sr_weight: float, window: Optional[int], overlap: Optional[int],
+                 **keywords) -> Tensor:
+    """`fill_frames` for a latent run: the video is encoded, its known latent frames condition the latent windows
+    as known frames do in pixel space, and the result is decoded, the given frames put back.
+
+    Latent frame j is known when every frame up to the last it covers is (`known_latents`): the autoencoder is
+    causal, so its latent j depends on frames 0 … r·j, all of them given in a known prefix. A frame given after one
+    to generate (in-filling, interpolation) cannot be encoded without the frames before it, and is refused."""
+    if low_res is not None:
+        raise ValueError(f"the run {cfg.name!r} is a latent diffusion run: upsample works on pixel-space runs only")
+    known = torch.as_tensor(known, dtype=torch.bool)
+    B, _, T = video.shape[:3]
+    if known.shape != (T,):
+        raise ValueError(f"known must have one entry per frame ({T}); got shape {tuple(known.shape)}")
+    device = next(model.parameters()).device
+    ae_cfg, autoencoder = load_autoencoder(cfg, device)
+    r = ae_cfg.model.temporal_factor
+    latent_known = known_latents(known, r)
+    unknown = torch.nonzero(~known).flatten()
+    after = [int(i) for i in torch.nonzero(known).flatten() if len(unknown) and i > unknown[0]]
+    if after:
+        raise ValueError(f"frames {after} are given after frame {int(unknown[0])}, which is to be generated: a latent "
+                         f"run encodes its known frames with a causal autoencoder (latent frame j depends on frames "
+                         f"0 … {r}·j), so only a known prefix conditions it; interpolation and in-filling work on "
+                         "pixel-space runs")
+    scale = cfg.latent.scale
+    with torch.no_grad():
+        latents = autoencoder.encode(video.to(device, torch.float32)) * scale
+    window = latent_frames(window or cfg.data.frames, r)
+    overlap = None if overlap is None else max(0, latent_frames(overlap + 1, r) - 1)
+    view = latent_view(cfg, ae_cfg)
+    filled = _fill(model, view, latents, latent_known, low_res=None, sr_weight=0.0, window=window, overlap=overlap,
+                   **keywords)
+    with torch.no_grad():
+        out = autoencoder.decode(filled.to(device) / scale, T).float().cpu().clamp(-1, 1)
+    out[:, :, known] = video[:, :, known].float()
+    return out
 
 
 def predict(model: nn.Module, cfg: RunConfig, context: Tensor, frames: int, **kwargs) -> Tensor:

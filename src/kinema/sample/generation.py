@@ -166,6 +166,14 @@ def generate(model: nn.Module, cfg: RunConfig, num: int, *, labels: Optional[Ten
     if cfg.latent is not None:
         return _generate_latent(model, cfg, num, frames, labels=labels, prompts=prompts, device=device,
                                 progress=progress, batch_size=batch_size)
+    return _sample(model, cfg, num, frames, labels=labels, prompts=prompts, device=device, progress=progress,
+                   batch_size=batch_size).clamp(-1, 1)
+
+
+def _sample(model: nn.Module, cfg: RunConfig, num: int, frames: int, *, labels: Optional[Tensor],
+            prompts: Optional[Sequence[str]], device: Optional[torch.device], progress: bool,
+            batch_size: int) -> Tensor:
+    """`num` draws of the run's sampler in the space cfg.data describes (pixels, or a latent view), unclipped."""
     check_output_size(cfg, num, frames, window=frames)
     if batch_size < 1:
         raise ValueError(f"batch_size (videos per sampling batch) must be at least 1; got {batch_size}")
@@ -182,7 +190,7 @@ def generate(model: nn.Module, cfg: RunConfig, num: int, *, labels: Optional[Ten
         denoise = conditioned_denoiser(model, cfg, rows(cond, start, n), rows(uncond, start, n))
         out.append(run_sampler(denoise, noise, cfg, generator=gen, progress=progress).float().cpu())
     model.train(was_training)
-    return torch.cat(out).clamp(-1, 1)
+    return torch.cat(out)
 
 
 def _generate_latent(model: nn.Module, cfg: RunConfig, num: int, frames: int, *, device: Optional[torch.device],
@@ -192,8 +200,8 @@ def _generate_latent(model: nn.Module, cfg: RunConfig, num: int, frames: int, *,
     device = device or next(model.parameters()).device
     ae_cfg, autoencoder = load_autoencoder(cfg, device)
     view = latent_view(cfg, ae_cfg)
-    latents = generate(model, view, num, frames=latent_frames(frames, ae_cfg.model.temporal_factor), device=device,
-                       batch_size=batch_size, **kwargs)
+    latents = _sample(model, view, num, latent_frames(frames, ae_cfg.model.temporal_factor), device=device,
+                      batch_size=batch_size, **kwargs)  # unclipped: latents have unit variance, not a range
     with torch.no_grad():
         videos = [autoencoder.decode(latents[i:i + batch_size].to(device) / cfg.latent.scale, frames).float().cpu()
                   for i in range(0, num, batch_size)]
