@@ -400,11 +400,13 @@ RUN_PRESETS = {
         sample=SampleConfig(sampler="ancestral", guidance=1.0, steps=50),
     ),
     # Latent diffusion's first stage on 64×64 Moving Digits (28-pixel digits, the Moving MNIST scale): 4× spatial
-    # compression to 16×16 latents of 4 channels; L2 with a light KL term (Stable Diffusion's weight).
+    # compression to 16×16 latents of 4 channels; L2 with a light KL term (Stable Diffusion's weight). 4-frame
+    # clips: the network is convolutional in time, so it encodes clips of any length, and half the frames halve
+    # the step (kinema plan).
     "ae-digits64": RunConfig(
         name="ae-digits64",
         model=copy.deepcopy(AUTOENCODER_PRESETS["ae-tiny"]),
-        data=DataConfig(height=64, width=64, digit_size=28, speed_min=2.0, speed_max=6.0),
+        data=DataConfig(frames=4, height=64, width=64, digit_size=28, speed_min=2.0, speed_max=6.0),
         train=TrainConfig(lr=3e-4, batch_size=8, sample_every=0, checkpoint_every=250),
     ),
 }

@@ -87,7 +87,7 @@ class AutoencoderConfig:
 
 AUTOENCODER_PRESETS = {
     # 4× spatial, no temporal compression: 16×16 Moving Digits → 4×4 latents, 64×64 → 16×16
-    "ae-tiny": AutoencoderConfig(base_channels=32, channel_mults=(1, 2, 4), latent_channels=4),
+    "ae-tiny": AutoencoderConfig(base_channels=16, channel_mults=(1, 2, 4), latent_channels=4),
     # 8× spatial, 2× temporal (the first frame alone): 9 frames of 64×64 → 5 latent frames of 8×8
     "ae-tiny-t2": AutoencoderConfig(base_channels=32, channel_mults=(1, 2, 2, 4), temporal_levels=(3,),
                                     latent_channels=8),
