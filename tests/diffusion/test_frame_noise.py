@@ -4,7 +4,7 @@ noise of every sampler and every fresh draw inside the samplers all use the conf
 import pytest
 import torch
 
-import kinema.train.trainer as trainer
+import kinema.train.objective as objective
 from kinema.build import build_model
 from kinema.config import ConfigError, RunConfig, apply_overrides
 from kinema.diffusion import CosineSchedule, FrameNoise, sample_ancestral, sample_ddim
@@ -88,7 +88,7 @@ MICRO = ["model.base_channels=8", "model.channel_mults=1,2", "model.attention_le
 
 def test_training_draws_its_noise_from_the_configured_prior(tmp_path, monkeypatch):
     drawn = []
-    real_loss = trainer.diffusion_loss
+    real_loss = objective.diffusion_loss
 
     def recording_loss(*args, noise_sampler=None, **kwargs):
         def record(x, gen):
@@ -96,7 +96,7 @@ def test_training_draws_its_noise_from_the_configured_prior(tmp_path, monkeypatc
             return drawn[-1]
         return real_loss(*args, noise_sampler=record, **kwargs)
 
-    monkeypatch.setattr(trainer, "diffusion_loss", recording_loss)
+    monkeypatch.setattr(objective, "diffusion_loss", recording_loss)
     cfg = apply_overrides(RunConfig(name="micro"), MICRO + ["train.steps=6"])
     train(cfg, tmp_path / "run", progress=False)
     assert len(drawn) == 6
