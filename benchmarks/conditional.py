@@ -1,7 +1,7 @@
 """Conditional generation on Moving Digits: every method against honest baselines, and class guidance.
 
     python benchmarks/conditional.py RUN [--num 24] [--length 16] [--context 4] [--steps 20] [--weight 10]
-        [--interpolate 8] [--guidance 0,1,2,4] [--json benchmarks/results/conditional.json]
+        [--interpolate 8] [--extend 32] [--guidance 0,1,2,4] [--json benchmarks/results/conditional.json]
 
 Part 1, prediction: `num` held-out clips of `length` frames are cut after their first `context` frames and
 continued block by block (`kinema.sample.plan_windows`, each later block conditioned on the `overlap` frames before
@@ -20,6 +20,9 @@ class here, so only the frames carry the identity.
 
 Part 1b, interpolation (--interpolate L > 2): clips of L frames with the first and last given; the cross-fade of
 the two against the model's methods, PSNR over the L − 2 frames between.
+
+Part 1c, extension (--extend L): `num` videos of L frames generated from nothing, window by window; identity kept
+and motion plausibility of the whole clip for each of the model's methods.
 
 Part 2, classifier-free guidance: for a class-conditional checkpoint, `num` videos per guidance weight w with
 requested classes 0..9 in turn; the fraction of frames the classifier assigns to the requested class.
@@ -41,7 +44,7 @@ from kinema.config import with_sample
 from kinema.data import MovingDigits
 from kinema.eval import DigitOracle
 from kinema.eval.frames import psnr, ssim
-from kinema.sample import fill_frames, generate, plan_windows, predict, uses_frame_conditioning
+from kinema.sample import extend, fill_frames, generate, plan_windows, predict, uses_frame_conditioning
 
 
 def prediction_scores(oracle: DigitOracle, pred: torch.Tensor, real: torch.Tensor, context: int,
@@ -128,6 +131,26 @@ def interpolation_table(args, cfg, model, labels) -> list[dict]:
     return rows
 
 
+def extension_table(args, cfg, model, oracle, labels) -> list[dict]:
+    """`extend` from nothing to args.extend frames, every method: identity and motion of the whole clip."""
+    d = cfg.data
+    print(f"\nextension: {args.num} videos of {args.extend} frames from nothing ({d.frames}-frame windows, half "
+          "overlapping); identity and motion over all frames")
+    run = with_sample(cfg, steps=args.steps, seed=args.seed, guidance=0.0)
+    rows = []
+    for name, keywords in methods(model, args.weight):
+        start = time.time()
+        videos = extend(model, run, args.extend, args.num, labels=labels, **keywords)
+        verdict = oracle.evaluate(videos)
+        row = {"method": name, "identity_kept": float(verdict.identity_kept.mean()),
+               "motion_plausible": float(verdict.motion_plausible.mean()),
+               "seconds_per_video": (time.time() - start) / args.num}
+        rows.append(row)
+        print(f"{name:<28}{row['identity_kept']:>8.1%}{row['motion_plausible']:>8.1%}"
+              f"{row['seconds_per_video']:>9.2f}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
@@ -138,6 +161,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--weight", type=float, default=10.0, help="reconstruction guidance weight w_r")
     parser.add_argument("--interpolate", type=int, default=0, help="clip length of part 1b (0: skip)")
+    parser.add_argument("--extend", type=int, default=0, help="length of part 1c, extension from nothing (0: skip)")
     parser.add_argument("--guidance", default="", help="classifier-free guidance weights (part 2), e.g. 0,1,2,4")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto", help="sampling autocast: auto (bf16 on AVX-512 CPUs) or fp32")
@@ -156,6 +180,8 @@ def main() -> None:
     results["prediction"] = prediction_table(args, cfg, model, oracle, labels)
     if args.interpolate > 2:
         results["interpolation"] = interpolation_table(args, cfg, model, labels)
+    if args.extend > 0:
+        results["extension"] = extension_table(args, cfg, model, oracle, labels)
 
     if model.null_class is not None and args.guidance:
         results["class_guidance"] = []
