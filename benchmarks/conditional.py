@@ -60,14 +60,18 @@ def prediction_scores(oracle: DigitOracle, pred: torch.Tensor, real: torch.Tenso
             "velocity_jump": velocity_jump(pred, real, boundaries)}
 
 
-def methods(model, weight: float) -> list[tuple[str, dict]]:
-    """(name, fill_frames keywords) of every model method this checkpoint supports."""
+def methods(model, weight: float, only: str = "") -> list[tuple[str, dict]]:
+    """(name, fill_frames keywords) of every model method this checkpoint supports; `only` (comma-separated
+    names without the weight, e.g. "trained,trained + recon") keeps those."""
     rows = [("replacement", dict(method="replacement", frame_conditioning=False)),
             (f"reconstruction w_r={weight:g}", dict(method="reconstruction", weight=weight, frame_conditioning=False))]
     if uses_frame_conditioning(model):
         rows += [("trained", dict(method="replacement", frame_conditioning=True)),
                  (f"trained + recon w_r={weight:g}", dict(method="reconstruction", weight=weight,
                                                           frame_conditioning=True))]
+    if only:
+        wanted = [w.strip() for w in only.split(",")]
+        rows = [row for row in rows if row[0].split(" w_r=")[0] in wanted]  # names without their weight
     return rows
 
 
@@ -97,7 +101,7 @@ def prediction_table(args, cfg, model, oracle, labels) -> list[dict]:
         rows.append({"method": name, **scores})
         _print_row(name, scores)
     run = with_sample(cfg, steps=args.steps, seed=args.seed, guidance=0.0)
-    for name, keywords in methods(model, args.weight):
+    for name, keywords in methods(model, args.weight, args.methods):
         start = time.time()
         pred = predict(model, run, context, todo, overlap=min(overlap, args.context), labels=labels, **keywords)
         seconds = (time.time() - start) / args.num
@@ -120,7 +124,7 @@ def interpolation_table(args, cfg, model, labels) -> list[dict]:
     fade = cross_fade(real[:, :, 0], real[:, :, -1], length - 2)
     candidates = [("cross-fade", lambda: fade)]
     run = with_sample(cfg, steps=args.steps, seed=args.seed, guidance=0.0)
-    for name, keywords in methods(model, args.weight):
+    for name, keywords in methods(model, args.weight, args.methods):
         candidates.append((name, lambda kw=keywords: fill_frames(model, run, real, known, labels=labels, **kw)))
     for name, make in candidates:
         pred = make()
@@ -138,7 +142,7 @@ def extension_table(args, cfg, model, oracle, labels) -> list[dict]:
           "overlapping); identity and motion over all frames")
     run = with_sample(cfg, steps=args.steps, seed=args.seed, guidance=0.0)
     rows = []
-    for name, keywords in methods(model, args.weight):
+    for name, keywords in methods(model, args.weight, args.methods):
         start = time.time()
         videos = extend(model, run, args.extend, args.num, labels=labels, **keywords)
         verdict = oracle.evaluate(videos)
@@ -161,6 +165,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--weight", type=float, default=10.0, help="reconstruction guidance weight w_r")
     parser.add_argument("--interpolate", type=int, default=0, help="clip length of part 1b (0: skip)")
+    parser.add_argument("--methods", default="", help="only these model methods (e.g. trained,trained + recon)")
+    parser.add_argument("--skip-prediction", action="store_true", help="leave out part 1 (its baselines too)")
     parser.add_argument("--extend", type=int, default=0, help="length of part 1c, extension from nothing (0: skip)")
     parser.add_argument("--guidance", default="", help="classifier-free guidance weights (part 2), e.g. 0,1,2,4")
     parser.add_argument("--seed", type=int, default=0)
@@ -176,8 +182,10 @@ def main() -> None:
     results: dict = {"run": str(args.run), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
                      "torch": torch.__version__, "num": args.num, "length": args.length, "context": args.context,
                      "clip_frames": d.frames, "steps": args.steps, "seed": args.seed, "precision": args.precision,
-                     "sampler": cfg.sample.sampler, "weight": args.weight}
-    results["prediction"] = prediction_table(args, cfg, model, oracle, labels)
+                     "sampler": cfg.sample.sampler, "langevin_steps": cfg.sample.langevin_steps,
+                     "weight": args.weight, "methods": args.methods or "all"}
+    if not args.skip_prediction:
+        results["prediction"] = prediction_table(args, cfg, model, oracle, labels)
     if args.interpolate > 2:
         results["interpolation"] = interpolation_table(args, cfg, model, labels)
     if args.extend > 0:
