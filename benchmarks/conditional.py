@@ -75,6 +75,13 @@ def methods(model, weight: float, only: str = "") -> list[tuple[str, dict]]:
     return rows
 
 
+def _sampling(args, cfg):
+    """The run's sampler at --steps, seed --seed, no class guidance (the null class), and --sampler,
+    --langevin-steps and --frame-guidance where given."""
+    return with_sample(cfg, steps=args.steps, seed=args.seed, guidance=0.0, sampler=args.sampler,
+                       langevin_steps=args.langevin_steps, frame_guidance=args.frame_guidance)
+
+
 def _print_row(name: str, scores: dict, seconds: float | None = None) -> None:
     tail = f"{seconds:>9.2f}" if seconds is not None else f"{'':>9}"
     print(f"{name:<28}{scores['psnr']:>8.2f}{scores['ssim']:>8.3f}{scores['identity_kept']:>8.1%}"
@@ -92,7 +99,9 @@ def prediction_table(args, cfg, model, oracle, labels) -> list[dict]:
     boundaries = [w.new[0] for w in plan]
     print(f"prediction: {args.num} held-out clips, {args.context} context frames -> {args.length} frames, "
           f"{len(plan)} blocks of the {d.frames}-frame model (new blocks from frames {boundaries}), "
-          f"{cfg.sample.sampler} {args.steps} steps, seed {args.seed}")
+          f"{_sampling(args, cfg).sample.sampler} {args.steps} steps "
+          f"(+{_sampling(args, cfg).sample.langevin_steps} corrector), frame guidance "
+          f"{_sampling(args, cfg).sample.frame_guidance:g}, seed {args.seed}")
     print(f"{'method':<28}{'PSNR':>8}{'SSIM':>8}{'id':>8}{'motion':>8}{'v err':>8}{'s/video':>9}")
     rows = []
     for name, pred in (("real (ceiling)", real), ("copy-last", copy_last(context, todo)),
@@ -100,7 +109,7 @@ def prediction_table(args, cfg, model, oracle, labels) -> list[dict]:
         scores = prediction_scores(oracle, pred, real, args.context, boundaries)
         rows.append({"method": name, **scores})
         _print_row(name, scores)
-    run = with_sample(cfg, steps=args.steps, seed=args.seed, guidance=0.0)
+    run = _sampling(args, cfg)
     for name, keywords in methods(model, args.weight, args.methods):
         start = time.time()
         pred = predict(model, run, context, todo, overlap=min(overlap, args.context), labels=labels, **keywords)
@@ -123,7 +132,7 @@ def interpolation_table(args, cfg, model, labels) -> list[dict]:
     rows = []
     fade = cross_fade(real[:, :, 0], real[:, :, -1], length - 2)
     candidates = [("cross-fade", lambda: fade)]
-    run = with_sample(cfg, steps=args.steps, seed=args.seed, guidance=0.0)
+    run = _sampling(args, cfg)
     for name, keywords in methods(model, args.weight, args.methods):
         candidates.append((name, lambda kw=keywords: fill_frames(model, run, real, known, labels=labels, **kw)))
     for name, make in candidates:
@@ -140,7 +149,7 @@ def extension_table(args, cfg, model, oracle, labels) -> list[dict]:
     d = cfg.data
     print(f"\nextension: {args.num} videos of {args.extend} frames from nothing ({d.frames}-frame windows, half "
           "overlapping); identity and motion over all frames")
-    run = with_sample(cfg, steps=args.steps, seed=args.seed, guidance=0.0)
+    run = _sampling(args, cfg)
     rows = []
     for name, keywords in methods(model, args.weight, args.methods):
         start = time.time()
@@ -165,6 +174,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--weight", type=float, default=10.0, help="reconstruction guidance weight w_r")
     parser.add_argument("--interpolate", type=int, default=0, help="clip length of part 1b (0: skip)")
+    parser.add_argument("--sampler", help="another sampler than the run's (e.g. ddim)")
+    parser.add_argument("--langevin-steps", type=int, help="corrector steps after each step (default: the run's)")
+    parser.add_argument("--frame-guidance", type=float, help="guidance over the known frames (trained conditioning)")
     parser.add_argument("--methods", default="", help="only these model methods (e.g. trained,trained + recon)")
     parser.add_argument("--skip-prediction", action="store_true", help="leave out part 1 (its baselines too)")
     parser.add_argument("--extend", type=int, default=0, help="length of part 1c, extension from nothing (0: skip)")
@@ -182,7 +194,9 @@ def main() -> None:
     results: dict = {"run": str(args.run), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
                      "torch": torch.__version__, "num": args.num, "length": args.length, "context": args.context,
                      "clip_frames": d.frames, "steps": args.steps, "seed": args.seed, "precision": args.precision,
-                     "sampler": cfg.sample.sampler, "langevin_steps": cfg.sample.langevin_steps,
+                     "sampler": _sampling(args, cfg).sample.sampler,
+                     "langevin_steps": _sampling(args, cfg).sample.langevin_steps,
+                     "frame_guidance": _sampling(args, cfg).sample.frame_guidance,
                      "weight": args.weight, "methods": args.methods or "all"}
     if not args.skip_prediction:
         results["prediction"] = prediction_table(args, cfg, model, oracle, labels)
