@@ -12,7 +12,7 @@ from kinema.checkpoint import PRETRAINED, export_weights, pretrained_dir, resolv
 from kinema.cli import main
 from kinema.config import with_sample
 from kinema.models import BACKBONES
-from kinema.sample import generate
+from kinema.sample import generate, uses_frame_conditioning
 
 
 @pytest.fixture
@@ -73,14 +73,15 @@ def test_shipped_models_are_small_complete_and_sample_by_name(name, tmp_path, mo
     size = sum(f.stat().st_size for f in folder.iterdir())
     assert size <= 10e6, f"{name} is {size / 1e6:.1f} MB; the package ships at most 10 MB"
     state = json.loads((folder / "state.json").read_text())
-    assert state["step"] > 0 and state["command"].startswith("kinema train")
+    assert state["step"] > 0 and state["command"].startswith(("kinema train", "python benchmarks/"))
     monkeypatch.chdir(tmp_path)  # by name from anywhere; a run of the same name in the cwd would win
     assert resolve_checkpoint(name) == folder
     result = CliRunner().invoke(main, ["sample", name, "--num", "2", "--steps", "2", "--out", "s.npz"])
     assert result.exit_code == 0, result.output
     import numpy as np
 
-    cfg, _ = load_model(name)
+    cfg, model = load_model(name)
+    assert uses_frame_conditioning(model) == cfg.model.frame_conditioning == (name == "moving-digits-frames")
     assert np.load(tmp_path / "s.npz")["videos"].shape[:4] == (2, cfg.data.frames, cfg.data.height, cfg.data.width)
     listing = CliRunner().invoke(main, ["presets"])
     assert name in listing.output

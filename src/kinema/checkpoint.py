@@ -43,6 +43,8 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 PRETRAINED = {
     "moving-digits": "tiny16 U-Net, 8 frames of 16×16 Moving Digits (one digit), classes 0-9 (--label), CFG w=1, "
                      "ancestral 50 steps + Langevin corrector",
+    "moving-digits-frames": "moving-digits fine-tuned with trained frame conditioning (predict, extend, interpolate "
+                            "condition the network), frame guidance w=1",
 }
 
 _PATTERN = re.compile(r"^step_(\d{6,})$")
