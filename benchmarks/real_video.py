@@ -14,8 +14,8 @@ minutes`, `data.balance=files`), then:
 Results go to OUT/results.json (configs already there are skipped, so an interrupted run continues) and a strip of
 samples above real windows to docs/real_video_strip.png. Prints a markdown table.
 
-Status (2026-12-02): not yet run to completion; a smoke run's scoring step took over 20 minutes at N ≈ 50 on
-2 cores and needs profiling and batching first.
+Status (2026-12-02): run once, for the 32x8 config at 3 minutes (benchmarks/RESULTS.md, "Real footage"); scoring
+99 windows took about 10 minutes on 2 cores (prediction now in chunks of 8).
 """
 
 from __future__ import annotations
