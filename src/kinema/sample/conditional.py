@@ -203,17 +203,17 @@ def _fill_latent(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequenc
     if low_res is not None:
         raise ValueError(f"the run {cfg.name!r} is a latent diffusion run: upsample works on pixel-space runs only")
     known = torch.as_tensor(known, dtype=torch.bool)
-    B, _, T = video.shape[:3]
+    T = video.shape[2]
     if known.shape != (T,):
         raise ValueError(f"known must have one entry per frame ({T}); got shape {tuple(known.shape)}")
     device = next(model.parameters()).device
     ae_cfg, autoencoder = load_autoencoder(cfg, device)
     r = ae_cfg.model.temporal_factor
     latent_known = known_latents(known, r)
-    unknown = torch.nonzero(~known).flatten()
-    after = [int(i) for i in torch.nonzero(known).flatten() if len(unknown) and i > unknown[0]]
+    prefix = int(known.long().cumprod(0).sum())  # frames 0 … prefix − 1 are given; frame `prefix` is not
+    after = [int(i) for i in torch.nonzero(known[prefix:]).flatten() + prefix]
     if after:
-        raise ValueError(f"frames {after} are given after frame {int(unknown[0])}, which is to be generated: a latent "
+        raise ValueError(f"frames {after} are given after frame {prefix}, which is to be generated: a latent "
                          f"run encodes its known frames with a causal autoencoder (latent frame j depends on frames "
                          f"0 … {r}·j), so only a known prefix conditions it; interpolation and in-filling work on "
                          "pixel-space runs")

@@ -125,7 +125,6 @@ def run_sampler(denoise: Denoise, noise: Tensor, cfg: RunConfig, *, generator: O
                                          **sampler_keywords(s))
 
 
-@torch.no_grad()
 def check_denoiser(cfg: RunConfig) -> None:
     """Refuse to sample a network that is not a denoiser (an autoencoder run), naming what it is."""
     if BACKBONES[cfg.model.backbone].kind != DENOISER:

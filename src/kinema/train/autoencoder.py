@@ -23,8 +23,6 @@ __all__ = ["AutoencoderObjective"]
 class AutoencoderObjective(Objective):
     """Reconstruction + KL of the run's autoencoder; its preview shows real clips above their reconstructions."""
 
-    verb = "training"
-
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self._preview_clips = None

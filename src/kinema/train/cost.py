@@ -47,7 +47,7 @@ def _counted_config(cfg: RunConfig) -> RunConfig:
     """`cfg` resolved, without its class embedding: the embedding is a lookup of B × emb_dim (no FLOPs, no memory to
     speak of), and its range check reads the labels, which fake tensors do not have."""
     cfg = resolve_model(cfg)
-    if not hasattr(cfg.model, "num_classes"):  # an autoencoder
+    if BACKBONES[cfg.model.backbone].kind == AUTOENCODER:  # no class embedding to leave out
         return cfg
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=0),
                                train=dataclasses.replace(cfg.train, class_conditional=False))
@@ -69,7 +69,7 @@ def step_cost(cfg: RunConfig, device: torch.device, precision: str, world: int =
     """Count one training step of `cfg` on `device` at `precision` ("fp32" | "bf16" | "fp16", resolved), with the
     micro-batch of one of `world` processes, train.grad_accum times."""
     micro = cfg.train.batch_size // (world * cfg.train.grad_accum)
-    counted = _counted_config(denoiser_space(resolve_model(cfg)))  # a latent run's denoiser, on latents
+    counted = _counted_config(denoiser_space(cfg))  # a latent run's denoiser, on latents
     flops, saved, largest = trace_step(lambda: build_model(counted), lambda: _fake_inputs(counted, micro), device,
                                        precision)
     parameters = sum(p.numel() for p in build_model_meta(cfg).parameters())
