@@ -106,8 +106,12 @@ def test_peak_table_and_override(monkeypatch):
                            ("NVIDIA A100-SXM4-80GB", 312e12), ("Tesla T4", None)]:
         monkeypatch.setattr(cost, "_device_name", lambda device, name=name: name)
         assert peak_flops(gpu, "bf16") == expected
-    monkeypatch.setattr(cost, "_device_name", lambda device: "Some CPU/64")
+    monkeypatch.setattr(cost, "_device_name", lambda device: "Some CPU/64/AVX512")
     assert peak_flops(CPU, "fp32") is None  # an unknown CPU: no MFU rather than a guess
+    monkeypatch.setattr(cost, "_device_name", lambda device: "AMD EPYC/2/AVX512")
+    assert peak_flops(CPU, "fp32") == 210e9 and peak_flops(CPU, "bf16") == 920e9  # the reference machine
+    monkeypatch.setattr(cost, "_device_name", lambda device: "AMD EPYC/2/AVX2")
+    assert peak_flops(CPU, "fp32") is None  # the same name on cores without AVX-512 is another machine
     monkeypatch.setenv(cost.PEAK_FLOPS_ENV, "2.5e11")
     assert peak_flops(CPU, "fp32") == 2.5e11
     monkeypatch.setenv(cost.PEAK_FLOPS_ENV, "fast")
@@ -127,7 +131,7 @@ def test_log_reports_mfu_as_counted_flops_times_rate_over_peak(tmp_path, monkeyp
 
 def test_log_leaves_mfu_out_on_an_unknown_device(tmp_path, monkeypatch):
     monkeypatch.delenv(cost.PEAK_FLOPS_ENV, raising=False)
-    monkeypatch.setattr(cost, "_device_name", lambda device: "Some CPU/64")
+    monkeypatch.setattr(cost, "_device_name", lambda device: "Some CPU/64/AVX2")
     train(micro("train.steps=1"), tmp_path / "run", progress=False)
     assert "mfu" not in json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
 

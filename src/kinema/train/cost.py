@@ -133,14 +133,16 @@ def memory_estimate(cost: StepCost) -> MemoryEstimate:
 # Dense peak FLOP/s by (device, precision), for MFU. CUDA rows are the datasheets' dense tensor-core (bf16, fp16)
 # and plain fp32 rates, matched by a substring of torch.cuda.get_device_name, the first match winning (so
 # "H100 PCIe" before "H100"). The CPU row is the reference machine of benchmarks/RESULTS.md (2 cores of an AMD EPYC
-# with AVX-512 bf16), its matrix-product peaks *measured* there ("U-Net speed against the peer"); another CPU, or
-# this one on another core count, has no row: its MFU is omitted, not guessed.
+# with AVX-512 bf16), its matrix-product peaks *measured* there ("U-Net speed against the peer"); a CPU is named by
+# model, thread count and torch's vector capability, because a virtual machine may report the same bare "AMD EPYC"
+# on cores without AVX-512, where fp32 is far slower and bf16 is emulated (RESULTS.md, "Other timings"). Another CPU
+# has no row: its MFU is omitted, not guessed.
 PEAK_FLOPS = {
     "cuda": [("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12}),
              ("H100", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
              ("H200", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
              ("A100", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12})],
-    "cpu": [("AMD EPYC/2", {"bf16": 920e9, "fp32": 210e9})],
+    "cpu": [("AMD EPYC/2/AVX512", {"bf16": 920e9, "fp32": 210e9})],
 }
 PEAK_FLOPS_ENV = "KINEMA_PEAK_FLOPS"  # FLOP/s of this device at the run's precision, e.g. 4.5e14; wins over the table
 
@@ -152,7 +154,7 @@ def _device_name(device: torch.device) -> str:
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    return f"{model}/{torch.get_num_threads()}"
+    return f"{model}/{torch.get_num_threads()}/{torch.backends.cpu.get_cpu_capability()}"
 
 
 def peak_flops(device: torch.device, precision: str) -> Optional[float]:
