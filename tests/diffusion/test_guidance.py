@@ -11,6 +11,7 @@ from kinema.diffusion import (
     Conditioned,
     CosineSchedule,
     Denoiser,
+    MeasurementGuidance,
     ReconstructionGuidance,
     Replacement,
     SuperResolutionGuidance,
@@ -189,6 +190,26 @@ def test_reconstruction_gradient_matches_finite_differences():
     moved = z.clone()
     moved[:, :, positions] += 1.0
     assert loss(moved) == loss(z)
+
+
+def test_measurement_guidance_with_a_linear_operator_is_its_closed_form():
+    # x̂ = c·z and A a matrix on the flattened video: ∇_z ‖y − A c z‖² = −2c Aᵀ(y − A c z), so
+    # x̃ = c z + w α c Aᵀ(y − A c z) exactly
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 1, 3, 4, 4, generator=gen, dtype=torch.float64)
+    A = torch.randn(5, 48, generator=gen, dtype=torch.float64)
+    y = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+    c, w, t = 0.7, 2.0, torch.full((2,), 0.3)
+    alpha = float(SCHEDULE.alpha_sigma(t)[0][0])
+    guided = MeasurementGuidance(lambda zz, tt: c * zz, SCHEDULE, y, w, lambda x: x.flatten(1) @ A.T)(z, t)
+    flat = z.flatten(1)
+    expected = c * flat + w * alpha * c * (y - c * flat @ A.T) @ A
+    torch.testing.assert_close(guided.flatten(1), expected)
+    assert torch.equal(MeasurementGuidance(lambda zz, tt: c * zz, SCHEDULE, y, 0.0, lambda x: x)(z, t), c * z)
+    with pytest.raises(ValueError, match=r"maps x̂ of shape \(2, 1, 3, 4, 4\) to \(2, 48\).*\(2, 5\)"):
+        MeasurementGuidance(lambda zz, tt: c * zz, SCHEDULE, y, w, lambda x: x.flatten(1))(z, t)
+    with pytest.raises(ValueError, match="measurement guidance weight"):
+        MeasurementGuidance(lambda zz, tt: zz, SCHEDULE, y, -1.0, lambda x: x)
 
 
 def test_super_resolution_gradient_matches_finite_differences_and_pulls_toward_low_res():

@@ -10,10 +10,11 @@ from safetensors.torch import load_file
 from helpers import micro
 from kinema.build import build_dataset, load_autoencoder, load_model
 from kinema.cli import main
-from kinema.config import ConfigError, RunConfig, apply_overrides
+from kinema.config import ConfigError, RunConfig, apply_overrides, with_sample
+from kinema.diffusion import area_downsample
 from kinema.models import VideoAutoencoder
 from kinema.models.autoencoder import known_latents
-from kinema.sample import extend, generate, interpolate, predict
+from kinema.sample import extend, fill_frames, generate, interpolate, predict, upsample
 from kinema.train import train
 from kinema.train.latent import measure_scale
 
@@ -105,7 +106,7 @@ def test_known_frames_map_to_latent_frames_by_causality():
     assert known_latents(torch.tensor([yes, no, yes, yes, yes]), 2).tolist() == [yes, no, no]
 
 
-def test_latent_runs_predict_and_extend_and_refuse_interpolation(autoencoder, tmp_path, monkeypatch):
+def test_latent_runs_predict_extend_and_interpolate(autoencoder, tmp_path, monkeypatch):
     train(_latent(autoencoder, "train.steps=1"), tmp_path / "ld", progress=False)
     cfg, model = load_model(tmp_path / "ld")
     seen = []
@@ -118,5 +119,68 @@ def test_latent_runs_predict_and_extend_and_refuse_interpolation(autoencoder, tm
     assert extend(model, cfg, 6, 2).shape == (2, 1, 6, 16, 16)
     # the denoiser's latents reach the decoder unclipped (unit variance, not a [-1, 1] range)
     assert max(float(z.abs().max()) for z in seen) * cfg.latent.scale > 1.0
-    with pytest.raises(ValueError, match="given after frame"):
-        interpolate(model, cfg, torch.rand(1, 1, 3, 16, 16) * 2 - 1, 2)
+    # interpolation: frame 2 follows a frame to generate, so it guides through the decoder, and is put back
+    video = torch.rand(2, 1, 2, 16, 16) * 2 - 1
+    out = interpolate(model, cfg, video, 2)
+    assert out.shape == (2, 1, 3, 16, 16) and torch.equal(out[:, :, ::2], video)
+    # upsample: SR guidance through the decoder; its pull toward the low-resolution frames
+    small = torch.rand(2, 1, 4, 8, 8) * 2 - 1
+    errors = [float((area_downsample(upsample(model, cfg, small, sr_weight=w), (8, 8)) - small).square().mean())
+              for w in (0.0, 100.0)]
+    assert errors[1] < 0.9 * errors[0], errors
+
+
+def test_a_latent_frame_given_after_a_gap_guides_the_sample_through_the_decoder(autoencoder, tmp_path, monkeypatch):
+    train(_latent(autoencoder, "train.steps=1"), tmp_path / "ld", progress=False)
+    cfg, model = load_model(tmp_path / "ld")
+    decoded = []
+    decode = VideoAutoencoder.decode
+    monkeypatch.setattr(VideoAutoencoder, "decode",
+                        lambda self, z, frames=None: decoded.append(decode(self, z, frames)) or decoded[-1])
+    _, ae = load_autoencoder(cfg, torch.device("cpu"))
+    with torch.no_grad():  # frames the decoder can produce, so that the measurement can be met
+        video = decode(ae, torch.randn(2, ae.config.latent_channels, 4, 4, 4), 4).clamp(-1, 1)
+    known = [True, False, False, True]  # frame 3 is encoded only with frames 1 and 2, which are to be generated
+    errors = {}
+    for weight in (0.0, 30.0, 100.0):
+        decoded.clear()
+        out = fill_frames(model, with_sample(cfg, sampler="ddim", steps=8), video, known, weight=weight)
+        assert torch.equal(out[:, :, [0, 3]], video[:, :, [0, 3]])
+        # the last decode is of the filled latents, before the given frames are put back
+        errors[weight] = float((decoded[-1][:, :, 3].clamp(-1, 1) - video[:, :, 3]).square().mean())
+    assert errors[100.0] < 0.7 * errors[0.0] and errors[30.0] < 0.9 * errors[0.0], errors  # a pull, not a fit
+
+
+def test_under_temporal_compression_a_frame_sharing_its_latent_with_an_unknown_one_is_measured():
+    from kinema.models.autoencoder import AutoencoderConfig
+    from kinema.sample.conditional import Window, _decoder_measure
+
+    ae = VideoAutoencoder(AutoencoderConfig(in_channels=1, base_channels=8, channel_mults=(1, 2),
+                                            temporal_levels=(1,), latent_channels=2)).eval()
+    video = torch.rand(1, 1, 5, 8, 8) * 2 - 1
+    known = torch.tensor([True, True, False, False, True])  # r = 2: latents {0}, {1, 2}, {3, 4}
+    latent_known = known_latents(known, 2)
+    assert latent_known.tolist() == [True, False, False]
+    measure = _decoder_measure(ae, 2.0, video, known, latent_known, 3, 10.0)
+    latents = torch.randn(1, 2, 3, 4, 4)
+    assert measure(Window(0, (0,), ()), latents) is None  # a window generating no latent of a loose frame
+    measured, operator, weight = measure(Window(0, (0,), (1, 2)), latents)
+    assert weight == 10.0
+    # frame 1 shares latent 1 with frame 2 (unknown), frame 4 shares latent 2 with frame 3: both measured
+    assert torch.equal(measured, video[:, :, [1, 4]])
+    with torch.no_grad():
+        assert torch.allclose(operator(latents), ae.decode(latents / 2.0)[:, :, [1, 4]])
+        # a later window decodes the latents before it too, the decoder being causal
+        _, later, _ = measure(Window(1, (), (2,)), latents)
+        assert torch.allclose(later(latents[:, :, 1:]), ae.decode(latents / 2.0)[:, :, [4]])
+    prefix = torch.tensor([True] * 3 + [False] * 2)
+    assert _decoder_measure(ae, 2.0, video, prefix, known_latents(prefix, 2), 3, 10.0) is None  # whole latents
+    # upsample: every frame a window covers, area-downsampled, at the SR weight
+    small = torch.rand(1, 1, 5, 4, 4)
+    measured, operator, weight = _decoder_measure(ae, 2.0, video, torch.zeros(5, dtype=torch.bool),
+                                                  torch.zeros(3, dtype=torch.bool), 2, 10.0, small, 4.0)(
+        Window(0, (), (0, 1)), latents)
+    assert weight == 4.0 and torch.equal(measured, small[:, :, [0, 1, 2]])
+    with torch.no_grad():
+        assert torch.allclose(operator(latents[:, :, :2]),
+                              area_downsample(ae.decode(latents[:, :, :2] / 2.0), (4, 4)))

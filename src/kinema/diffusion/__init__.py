@@ -7,6 +7,7 @@ from .guidance import (
     FrameConditioned,
     ReconstructionGuidance,
     Replacement,
+    MeasurementGuidance,
     SuperResolutionGuidance,
     Thresholded,
     area_downsample,
@@ -38,7 +39,7 @@ from .schedules import (
 
 __all__ = [
     "ClassifierFreeGuidance", "Conditioned", "FrameConditioned", "Replacement",
-    "ReconstructionGuidance", "SuperResolutionGuidance",
+    "ReconstructionGuidance", "MeasurementGuidance", "SuperResolutionGuidance",
     "area_downsample", "Thresholded", "dynamic_threshold", "static_threshold",
     "diffusion_loss", "sample_times", "distillation_loss", "distillation_target",
     "FrameNoise", "Denoiser", "loss_weight", "noise_level", "x_from_output",

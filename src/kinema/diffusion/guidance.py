@@ -28,7 +28,7 @@ from .schedules import Schedule
 
 __all__ = ["ClassifierFreeGuidance", "Conditioned", "FrameConditioned", "static_threshold",
            "dynamic_threshold", "Thresholded",
-           "Replacement", "ReconstructionGuidance", "SuperResolutionGuidance", "area_downsample"]
+           "Replacement", "ReconstructionGuidance", "MeasurementGuidance", "SuperResolutionGuidance", "area_downsample"]
 
 CondDenoise = Callable[..., Tensor]
 Denoise = Callable[[Tensor, Tensor], Tensor]
@@ -273,36 +273,60 @@ def area_downsample(video: Tensor, size: Sequence[int]) -> Tensor:
     return small.reshape(B, F_, C, *small.shape[-2:]).transpose(1, 2)
 
 
-class SuperResolutionGuidance:
-    """Spatial super-resolution guidance (VDM §3.1, spec A8) from a known low-resolution video:
+class MeasurementGuidance:
+    """Guidance by a measurement y = A(x) of the sample through a differentiable operator A (VDM §3.1's
+    reconstruction guidance, spec A8, with A in place of "take frames a"):
 
-        x̃ = x̂ − (w_r α_t / 2) ∇_{z_t} ‖x^a − D(x̂_θ(z_t))‖²,
+        x̃ = x̂ − (w_r α_t / 2) ∇_{z_t} ‖y − A(x̂_θ(z_t))‖²,
 
-    where D is a differentiable downsampler (default: area averaging to the size of `low_res`)
-    and the gradient is taken with respect to the whole z_t. The inner denoiser may itself be a
-    `Replacement` (known high-resolution frames, e.g. the overlap with a previous block) or a
-    classifier-free-guidance wrapper: anything differentiable in z.
+    the gradient taken with respect to the whole z_t. Super-resolution guidance is A = downsampling; a latent run's
+    given pixel frames are A = decode, then take those frames (sample/conditional.py). The inner denoiser may be a
+    `Replacement` or a classifier-free-guidance wrapper: anything differentiable in z.
     """
 
-    def __init__(self, denoise: Denoise, schedule: Schedule, low_res: Tensor, weight: float,
-                 downsample: Optional[Callable[[Tensor, Sequence[int]], Tensor]] = None):
-        if low_res.ndim != 5:
-            raise ValueError(f"low-resolution video must have shape (B, C, F, h, w); got {tuple(low_res.shape)}")
-        self.denoise, self.schedule, self.low_res = denoise, schedule, low_res
-        self.weight = _check_weight(weight, "super-resolution guidance weight")
-        self.downsample = downsample or area_downsample
+    weight_name = "measurement guidance weight"  # what an error about the weight calls it
+
+    def __init__(self, denoise: Denoise, schedule: Schedule, measured: Tensor, weight: float,
+                 operator: Callable[[Tensor], Tensor]):
+        self.denoise, self.schedule, self.measured, self.operator = denoise, schedule, measured, operator
+        self.weight = _check_weight(weight, self.weight_name)
 
     def __call__(self, z: Tensor, t: Tensor) -> Tensor:
-        if z.shape[:3] != self.low_res.shape[:3]:
-            raise ValueError(f"low-resolution video of shape {tuple(self.low_res.shape)} does not fit z of shape "
-                             f"{tuple(z.shape)}: batch, channels and frames must match")
         if self.weight == 0.0:
             return self.denoise(z, t)
         z_in = z.detach().requires_grad_(True)
         with torch.enable_grad():
             x_hat = self.denoise(z_in, t)
-            low_res = self.low_res.to(x_hat)  # on x̂'s device and dtype, wherever the video was given
-            error = (low_res - self.downsample(x_hat, low_res.shape[-2:])).square().sum()
-            (grad,) = torch.autograd.grad(error, z_in)
+            predicted = self.operator(x_hat)
+            measured = self.measured.to(predicted)  # on the prediction's device and dtype, wherever y was given
+            if predicted.shape != measured.shape:
+                raise ValueError(f"the operator maps x̂ of shape {tuple(x_hat.shape)} to {tuple(predicted.shape)}, "
+                                 f"but the measurement has shape {tuple(measured.shape)}")
+            (grad,) = torch.autograd.grad((measured - predicted).square().sum(), z_in)
         alpha, _ = self.schedule.alpha_sigma(t)
         return x_hat.detach() - (0.5 * self.weight) * broadcast_like(alpha, z).to(z.dtype) * grad
+
+
+class SuperResolutionGuidance(MeasurementGuidance):
+    """Spatial super-resolution guidance (VDM §3.1, spec A8) from a known low-resolution video:
+
+        x̃ = x̂ − (w_r α_t / 2) ∇_{z_t} ‖x^a − D(x̂_θ(z_t))‖²,
+
+    where D is a differentiable downsampler (default: area averaging to the size of `low_res`):
+    `MeasurementGuidance` with A = D.
+    """
+
+    weight_name = "super-resolution guidance weight"
+
+    def __init__(self, denoise: Denoise, schedule: Schedule, low_res: Tensor, weight: float,
+                 downsample: Optional[Callable[[Tensor, Sequence[int]], Tensor]] = None):
+        if low_res.ndim != 5:
+            raise ValueError(f"low-resolution video must have shape (B, C, F, h, w); got {tuple(low_res.shape)}")
+        self.low_res, self.downsample = low_res, downsample or area_downsample
+        super().__init__(denoise, schedule, low_res, weight, lambda x: self.downsample(x, low_res.shape[-2:]))
+
+    def __call__(self, z: Tensor, t: Tensor) -> Tensor:
+        if z.shape[:3] != self.low_res.shape[:3]:
+            raise ValueError(f"low-resolution video of shape {tuple(self.low_res.shape)} does not fit z of shape "
+                             f"{tuple(z.shape)}: batch, channels and frames must match")
+        return super().__call__(z, t)

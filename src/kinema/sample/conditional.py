@@ -20,15 +20,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..build import build_noise, build_schedule, latent_view, load_autoencoder
 from ..config import RunConfig, with_sample
-from ..diffusion import ReconstructionGuidance, Replacement, SuperResolutionGuidance
-from ..models.autoencoder import known_latents, latent_frames
+from ..diffusion import (
+    MeasurementGuidance,
+    ReconstructionGuidance,
+    Replacement,
+    SuperResolutionGuidance,
+    area_downsample,
+)
+from ..models.autoencoder import frames_of_latent, known_latents, latent_frames
 from .generation import check_denoiser, check_output_size, conditioned_denoiser, conditioning, run_sampler
 
 __all__ = ["fill_frames", "uses_frame_conditioning",
@@ -36,6 +42,10 @@ __all__ = ["fill_frames", "uses_frame_conditioning",
            "METHODS", "DEFAULT_WEIGHT"]
 
 METHODS = ("reconstruction", "replacement")
+# a measurement of a window's sample, given the window and the video being filled: (y, A, w) for guidance toward
+# A(x̂) ≈ y at weight w, or None
+Measurement = Tuple[Tensor, Callable[[Tensor], Tensor], float]
+Measure = Callable[["Window", Tensor], Optional[Measurement]]
 DEFAULT_WEIGHT = 10.0  # w_r: best boundary identity and SSIM in benchmarks/conditional.py (benchmarks/RESULTS.md)
 
 
@@ -142,8 +152,9 @@ def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence
 def _fill(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence[bool] | Tensor, *,
           method: Optional[str], weight: float, overlap: Optional[int], low_res: Optional[Tensor], sr_weight: float,
           labels: Optional[Tensor], prompts: Optional[Sequence[str]], window: Optional[int],
-          frame_conditioning: Optional[bool], progress: bool) -> Tensor:
-    """`fill_frames` in the space cfg.data describes (pixels, or a latent view), unclipped."""
+          frame_conditioning: Optional[bool], progress: bool, measure: Optional[Measure] = None) -> Tensor:
+    """`fill_frames` in the space cfg.data describes (pixels, or a latent view), unclipped. `measure(window, out)`
+    may return a measurement (y, A, w) of the window's sample, imposed with `MeasurementGuidance`."""
     trained = uses_frame_conditioning(model, frame_conditioning)
     method = method or ("replacement" if trained else "reconstruction")
     _check_method(method, weight)
@@ -172,17 +183,23 @@ def _fill(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence[bool]
     for win in plan_windows(known, window, overlap):
         span = slice(win.start, win.start + window)
         denoise = base
+        # reconstruction guidance returns a detached x̂, so under another guidance (SR, a measurement) the known
+        # frames are imposed by replacement, as its docstring says
+        measurement = measure(win, out) if measure is not None else None
         if win.known:
             frames = out[:, :, span][:, :, list(win.known)]
             if trained:
                 denoise = conditioned_denoiser(model, cfg, cond, uncond, known=(frames, win.known))
-            if low_res is not None or method == "replacement" or weight == 0:
+            if low_res is not None or measurement is not None or method == "replacement" or weight == 0:
                 denoise = Replacement(denoise, schedule, frames, win.known, generator=gen, noise_sampler=prior.like)
             else:
                 denoise = ReconstructionGuidance(denoise, schedule, frames, win.known, weight, generator=gen,
                                                  noise_sampler=prior.like)
         if low_res is not None:
             denoise = SuperResolutionGuidance(denoise, schedule, low_res[:, :, span].to(device), sr_weight)
+        if measurement is not None:
+            measured, operator, strength = measurement
+            denoise = MeasurementGuidance(denoise, schedule, measured, strength, operator)
         noise = prior(out[:, :, span].shape, generator=gen, device=device)
         sample = run_sampler(denoise, noise, cfg, generator=gen, progress=progress)
         new = [i - win.start for i in win.new]
@@ -199,36 +216,70 @@ def _fill_latent(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequenc
 
     Latent frame j is known when every frame up to the last it covers is (`known_latents`): the autoencoder is
     causal, so its latent j depends on frames 0 … r·j, all of them given in a known prefix. A frame given after one
-    to generate (in-filling, interpolation) cannot be encoded without the frames before it, and is refused."""
-    if low_res is not None:
-        raise ValueError(f"the run {cfg.name!r} is a latent diffusion run: upsample works on pixel-space runs only")
+    to generate (interpolation, in-filling), or sharing a latent frame with one under temporal compression, cannot be
+    encoded; it guides the window that generates its latent frame through the decoder instead (`_decoder_measure`:
+    measurement guidance with A = decode, then take the given frames, at the reconstruction weight). `low_res`
+    (upsample) guides every window the same way, with A = decode, then area-downsample, at `sr_weight`."""
     known = torch.as_tensor(known, dtype=torch.bool)
     T = video.shape[2]
     if known.shape != (T,):
         raise ValueError(f"known must have one entry per frame ({T}); got shape {tuple(known.shape)}")
+    if low_res is not None and low_res.shape[:3] != video.shape[:3]:
+        raise ValueError(f"low-resolution video of shape {tuple(low_res.shape)} does not match the "
+                         f"{video.shape[0]} videos of {T} frames to generate")
     device = next(model.parameters()).device
     ae_cfg, autoencoder = load_autoencoder(cfg, device)
     r = ae_cfg.model.temporal_factor
     latent_known = known_latents(known, r)
-    prefix = int(known.long().cumprod(0).sum())  # frames 0 … prefix − 1 are given; frame `prefix` is not
-    after = [int(i) for i in torch.nonzero(known[prefix:]).flatten() + prefix]
-    if after:
-        raise ValueError(f"frames {after} are given after frame {prefix}, which is to be generated: a latent "
-                         f"run encodes its known frames with a causal autoencoder (latent frame j depends on frames "
-                         f"0 … {r}·j), so only a known prefix conditions it; interpolation and in-filling work on "
-                         "pixel-space runs")
     scale = cfg.latent.scale
     with torch.no_grad():
         latents = autoencoder.encode(video.to(device, torch.float32)) * scale
     window = latent_frames(window or cfg.data.frames, r)
     overlap = None if overlap is None else max(0, latent_frames(overlap + 1, r) - 1)
     view = latent_view(cfg, ae_cfg)
+    measure = _decoder_measure(autoencoder, scale, video.to(device, torch.float32), known, latent_known,
+                               min(window, len(latent_known)), keywords["weight"], low_res, sr_weight)
     filled = _fill(model, view, latents, latent_known, low_res=None, sr_weight=0.0, window=window, overlap=overlap,
-                   **keywords)
+                   measure=measure, **keywords)
     with torch.no_grad():
         out = autoencoder.decode(filled.to(device) / scale, T).float().cpu().clamp(-1, 1)
     out[:, :, known] = video[:, :, known].float()
     return out
+
+
+def _decoder_measure(autoencoder: nn.Module, scale: float, video: Tensor, known: Tensor, latent_known: Tensor,
+                     window: int, weight: float, low_res: Optional[Tensor] = None,
+                     sr_weight: float = 0.0) -> Optional[Measure]:
+    """The measurement of a latent window (of `window` latent frames) through the decoder: y = the given frames that
+    its known latents do not
+    hold (at `weight`), or the low-resolution frames it covers (at `sr_weight`); A(x̂) = decode(earlier latents, x̂)
+    at those frames (area-downsampled for `low_res`), the earlier latents decoded too because the decoder is causal
+    (a window's first frames depend on the latents before it). None when no frame needs it."""
+    r = autoencoder.config.temporal_factor
+    T = len(known)
+    held = {i for j in range(len(latent_known)) if latent_known[j] for i in frames_of_latent(j, r)}
+    loose = [i for i in range(T) if known[i] and i not in held]
+    if not loose and low_res is None:
+        return None
+
+    def measure(win: Window, latents: Tensor) -> Optional[Measurement]:
+        if low_res is not None:  # every frame of the window, as SR guidance does in pixel space
+            frames = [i for j in range(win.start, win.start + window) for i in frames_of_latent(j, r) if i < T]
+        else:
+            frames = [i for i in loose if any(i in frames_of_latent(j, r) for j in win.new)]
+        if not frames:
+            return None
+        before = latents[:, :, :win.start].detach()
+
+        def decoded(x_hat: Tensor) -> Tensor:
+            return autoencoder.decode(torch.cat([before.to(x_hat), x_hat], dim=2) / scale)[:, :, frames]
+
+        if low_res is not None:
+            small = low_res[:, :, frames].to(video.device)
+            return small, lambda x_hat: area_downsample(decoded(x_hat), small.shape[-2:]), sr_weight
+        return video[:, :, frames], decoded, weight
+
+    return measure
 
 
 def predict(model: nn.Module, cfg: RunConfig, context: Tensor, frames: int, **kwargs) -> Tensor:
