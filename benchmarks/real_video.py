@@ -2,6 +2,7 @@
 
     python benchmarks/real_video.py --minutes 4                  # 4 configs × 4 training minutes + scoring
     python benchmarks/real_video.py --minutes 4 --configs 32x8   # one config
+    python benchmarks/real_video.py --minutes 20 --frame-conditioning --max-windows 32 --sample-steps 25
 
 Each clip (bikes, bigbuckbunny, carphone, resampled to 25 fps) is cut by time: its first 75% is training footage,
 its last 25% held out, so no window is in both (two manifests, two clip caches, `kinema prepare`). For each config
@@ -10,7 +11,11 @@ minutes`, `data.balance=files`), then:
 - FVD (kinema eval's protocol, DeepMind's I3D from `kinema[fvd]`) of as many samples as there are held-out windows
   against those windows, and the floor: as many training windows against the same held-out windows;
 - prediction from the first 4 frames of each held-out window: PSNR/SSIM of the rest against copy-last-frame, linear
-  extrapolation (2·x_k − x_{k−1}, clipped), replacement and reconstruction guidance (DDIM, `--steps`).
+  extrapolation (2·x_k − x_{k−1}, clipped), replacement and reconstruction guidance (DDIM, `--steps`), and with
+  `--frame-conditioning` (the model then trains with model.frame_conditioning and `--patterns`) the trained
+  conditioning too, the guidance methods then run with it turned off.
+`--max-windows` caps the held-out windows scored (spread over the files) and `--sample-steps` sets the DDIM steps of
+the FVD samples (default: the preset's), for machines where scoring would outlast the training.
 Results go to OUT/results.json (configs already there are skipped, so an interrupted run continues) and a strip of
 samples above real windows to docs/real_video_strip.png. Prints a markdown table.
 
@@ -80,12 +85,14 @@ def windows(cache: Path, size: int, frames: int, num: int = 10**6) -> torch.Tens
     return torch.stack([item["video"] for item in build_dataset(data_config(cache, size, frames)).spread(num)])
 
 
-def train(out: Path, train_cache: Path, size: int, frames: int, minutes: float) -> Path:
+def train(out: Path, train_cache: Path, size: int, frames: int, minutes: float, patterns: str | None) -> Path:
+    """The tiny preset on the training cache for `minutes`; with `patterns`, frame-conditioned (those weights)."""
     run = out / "runs" / f"real-{size}x{frames}"
+    conditioning = [] if patterns is None else ["model.frame_conditioning=true", f"train.frame_patterns={patterns}"]
     cmd = [sys.executable, "-m", "kinema", "train", "--preset", "tiny", "--quiet", "--out-dir", str(run.parent),
            "--name", run.name, "data.dataset=clips", f"data.path={train_cache}", f"data.height={size}",
            f"data.width={size}", "data.channels=3", f"data.frames={frames}", f"data.fps={FPS}", "data.balance=files",
-           "train.steps=1000000", f"train.time_limit_minutes={minutes}", "train.sample_every=0"]
+           "train.steps=1000000", f"train.time_limit_minutes={minutes}", "train.sample_every=0", *conditioning]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"training failed:\n{proc.stdout}{proc.stderr}")
@@ -108,34 +115,39 @@ def fvd(samples: torch.Tensor, real: torch.Tensor, floor_set: torch.Tensor) -> t
 def prediction(model, cfg, real: torch.Tensor, steps: int, chunk: int = 8) -> dict:
     from kinema.config import with_sample
     from kinema.eval.frames import psnr, ssim
-    from kinema.sample import predict
+    from kinema.sample import predict, uses_frame_conditioning
 
     context, future = real[:, :, :CONTEXT], real[:, :, CONTEXT:]
     last = context[:, :, -1:]
     guesses = {"copy last frame": last.expand_as(future),
                "linear extrapolation": (last + (last - context[:, :, -2:-1]) *
                                         torch.arange(1, future.shape[2] + 1).view(1, 1, -1, 1, 1)).clamp(-1, 1)}
-    for method, name in (("replacement", "replacement"), ("reconstruction", "reconstruction guidance")):
+    methods = [("replacement", "replacement", False), ("reconstruction", "reconstruction guidance", False)]
+    if uses_frame_conditioning(model):
+        methods.append((None, "trained conditioning", True))
+    for method, name, trained in methods:
         # in chunks: fill_frames samples its whole batch at once, and reconstruction guidance keeps the
         # network's activations for its backward pass (N ≈ 50 clips of 16×64×64 RGB at once needed 6.5 GB)
         guesses[name] = torch.cat([
             predict(model, with_sample(cfg, sampler="ddim", steps=steps, seed=start, guidance=0.0),
-                    context[start:start + chunk], future.shape[2], method=method)[:, :, CONTEXT:]
+                    context[start:start + chunk], future.shape[2], method=method,
+                    frame_conditioning=trained)[:, :, CONTEXT:]
             for start in range(0, len(context), chunk)])
     return {name: {"psnr": float(psnr(g, future).mean()), "ssim": float(ssim(g, future).mean())}
             for name, g in guesses.items()}
 
 
-def score(run: Path, train_cache: Path, test_cache: Path, size: int, frames: int, steps: int) -> dict:
+def score(run: Path, train_cache: Path, test_cache: Path, size: int, frames: int, steps: int,
+          max_windows: int | None, sample_steps: int | None) -> dict:
     from kinema.build import load_model
     from kinema.config import with_sample
     from kinema.sample import generate
 
-    real = windows(test_cache, size, frames)
+    real = windows(test_cache, size, frames, max_windows or 10**6)
     cfg, model = load_model(run)
     seconds = {}
     start = time.time()
-    samples = generate(model, with_sample(cfg, seed=0), len(real))
+    samples = generate(model, with_sample(cfg, seed=0, steps=sample_steps), len(real))
     seconds["sampling"] = time.time() - start
     fvd_samples, floor = fvd(samples, real, windows(train_cache, size, frames, len(real)))
     seconds["fvd"] = time.time() - start - seconds["sampling"]
@@ -159,12 +171,14 @@ def write_strip(result: dict, path: Path) -> None:
 
 
 def table(results: dict) -> str:
+    methods = ["copy last frame", "linear extrapolation", "replacement", "reconstruction guidance"]
+    if any("trained conditioning" in r["prediction"] for r in results.values()):
+        methods.append("trained conditioning")
     lines = ["| config | steps in the budget | N held-out | FVD (samples) | FVD floor (training windows) | "
-             "prediction PSNR / SSIM: copy last · linear · replacement · reconstruction |", "|---|---|---|---|---|---|"]
+             f"prediction PSNR / SSIM: {' · '.join(methods)} |", "|---|---|---|---|---|---|"]
     for key, r in results.items():
         p = r["prediction"]
-        cells = " · ".join(f"{p[m]['psnr']:.2f} / {p[m]['ssim']:.3f}" for m in
-                           ("copy last frame", "linear extrapolation", "replacement", "reconstruction guidance"))
+        cells = " · ".join(f"{p[m]['psnr']:.2f} / {p[m]['ssim']:.3f}" if m in p else "–" for m in methods)
         lines.append(f"| {key} RGB | {r['steps_trained']:,} | {r['n']} | {r['fvd']:.0f} | {r['fvd_floor']:.0f} | "
                      f"{cells} |")
     return "\n".join(lines)
@@ -177,6 +191,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps for prediction")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "real-video")
     parser.add_argument("--strip", type=Path, default=ROOT / "docs" / "real_video_strip.png")
+    parser.add_argument("--frame-conditioning", action="store_true", help="train with model.frame_conditioning")
+    parser.add_argument("--patterns", default="0.3,0.5,0.1,0.1",
+                        help="train.frame_patterns (none, prefix, first_last, subset) with --frame-conditioning: "
+                             "unconditional samples for FVD need the first, prediction the second")
+    parser.add_argument("--max-windows", type=int, default=None, help="held-out windows scored (default: all)")
+    parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps of the FVD samples")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "results.json"
@@ -186,11 +206,13 @@ def main() -> None:
         if key in results:
             continue
         train_cache, test_cache = caches(args.out, size, frames)
-        run = train(args.out, train_cache, size, frames, args.minutes)
-        result = score(run, train_cache, test_cache, size, frames, args.steps)
+        run = train(args.out, train_cache, size, frames, args.minutes,
+                    args.patterns if args.frame_conditioning else None)
+        result = score(run, train_cache, test_cache, size, frames, args.steps, args.max_windows, args.sample_steps)
         if key == args.configs.split(",")[0]:
             write_strip(result, args.strip)
-        results[key] = {k: v for k, v in result.items() if k not in ("samples", "real")} | {"minutes": args.minutes}
+        results[key] = {k: v for k, v in result.items() if k not in ("samples", "real")} | {
+            "minutes": args.minutes, "frame_conditioning": args.frame_conditioning}
         saved.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{key}: done", file=sys.stderr, flush=True)
     print(table(results))

@@ -251,10 +251,10 @@ def _decoder_measure(autoencoder: nn.Module, scale: float, video: Tensor, known:
                      window: int, weight: float, low_res: Optional[Tensor] = None,
                      sr_weight: float = 0.0) -> Optional[Measure]:
     """The measurement of a latent window (of `window` latent frames) through the decoder: y = the given frames that
-    its known latents do not
-    hold (at `weight`), or the low-resolution frames it covers (at `sr_weight`); A(x̂) = decode(earlier latents, x̂)
-    at those frames (area-downsampled for `low_res`), the earlier latents decoded too because the decoder is causal
-    (a window's first frames depend on the latents before it). None when no frame needs it."""
+    its known latents do not hold (at `weight`), or the low-resolution frames it covers (at `sr_weight`);
+    A(x̂) = decode(earlier latents, x̂) at those frames (area-downsampled for `low_res`), the earlier latents decoded
+    too because the decoder is causal (a window's first frames depend on the latents before it). None when no frame
+    needs it."""
     r = autoencoder.config.temporal_factor
     T = len(known)
     held = {i for j in range(len(latent_known)) if latent_known[j] for i in frames_of_latent(j, r)}
