@@ -31,6 +31,14 @@ def autoencoder(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def latent_run(autoencoder, tmp_path_factory):
+    """A latent run of one step: the sampling tests need its plumbing, not its quality."""
+    run = tmp_path_factory.mktemp("latent") / "ld"
+    train(_latent(autoencoder, "train.steps=1"), run, progress=False)
+    return run
+
+
 def _latent(ae, *extra, dit=False):
     return micro("train.steps=3", "train.checkpoint_every=2", f"latent.autoencoder={ae}", *extra, dit=dit)
 
@@ -106,9 +114,8 @@ def test_known_frames_map_to_latent_frames_by_causality():
     assert known_latents(torch.tensor([yes, no, yes, yes, yes]), 2).tolist() == [yes, no, no]
 
 
-def test_latent_runs_predict_extend_and_interpolate(autoencoder, tmp_path, monkeypatch):
-    train(_latent(autoencoder, "train.steps=1"), tmp_path / "ld", progress=False)
-    cfg, model = load_model(tmp_path / "ld")
+def test_latent_runs_predict_extend_and_interpolate(latent_run, monkeypatch):
+    cfg, model = load_model(latent_run)
     seen = []
     decode = VideoAutoencoder.decode
     monkeypatch.setattr(VideoAutoencoder, "decode",
@@ -130,9 +137,8 @@ def test_latent_runs_predict_extend_and_interpolate(autoencoder, tmp_path, monke
     assert errors[1] < 0.9 * errors[0], errors
 
 
-def test_a_latent_frame_given_after_a_gap_guides_the_sample_through_the_decoder(autoencoder, tmp_path, monkeypatch):
-    train(_latent(autoencoder, "train.steps=1"), tmp_path / "ld", progress=False)
-    cfg, model = load_model(tmp_path / "ld")
+def test_a_latent_frame_given_after_a_gap_guides_the_sample_through_the_decoder(latent_run, monkeypatch):
+    cfg, model = load_model(latent_run)
     decoded = []
     decode = VideoAutoencoder.decode
     monkeypatch.setattr(VideoAutoencoder, "decode",
