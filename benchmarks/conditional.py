@@ -10,7 +10,8 @@ every table (benchmarks/baselines.py for the trivial ones):
   - copy-last: the last context frame repeated; centroid track: its digit moved along the extrapolated track;
   - replacement and reconstruction guidance (w_r = --weight) with the frames not given to the network;
   - for a model trained with frame conditioning: trained (its conditioning, with z^a kept on the forward process
-    by replacement) and trained + reconstruction guidance.
+    by replacement). Reconstruction guidance on top of it is refused since 2026-12-02 (the network's x̂ of a known
+    frame is untrained; the one run of it is in benchmarks/RESULTS.md).
 Scores: PSNR and SSIM of each predicted frame against the truth (mean over videos; the table's mean is over the
 predicted frames; a frame's PSNR is capped at 60 dB), identity kept and motion plausibility of the whole clip,
 context included (kinema.eval's DigitOracle), and the velocity-jump error at the block boundaries (how far the
@@ -22,7 +23,8 @@ Part 1b, interpolation (--interpolate L > 2): clips of L frames with the first a
 the two against the model's methods, PSNR over the L − 2 frames between.
 
 Part 1c, extension (--extend L): `num` videos of L frames generated from nothing, window by window; identity kept
-and motion plausibility of the whole clip for each of the model's methods.
+and motion plausibility of the whole clip for each of the model's methods; with --extend-classes the videos are
+of classes 0-9 in turn under the run's class guidance, as `kinema extend --label` samples them.
 
 Part 2, classifier-free guidance: for a class-conditional checkpoint, `num` videos per guidance weight w with
 requested classes 0..9 in turn; the fraction of frames the classifier assigns to the requested class.
@@ -62,13 +64,11 @@ def prediction_scores(oracle: DigitOracle, pred: torch.Tensor, real: torch.Tenso
 
 def methods(model, weight: float, only: str = "") -> list[tuple[str, dict]]:
     """(name, fill_frames keywords) of every model method this checkpoint supports; `only` (comma-separated
-    names without the weight, e.g. "trained,trained + recon") keeps those."""
+    names without the weight, e.g. "trained,replacement") keeps those."""
     rows = [("replacement", dict(method="replacement", frame_conditioning=False)),
             (f"reconstruction w_r={weight:g}", dict(method="reconstruction", weight=weight, frame_conditioning=False))]
     if uses_frame_conditioning(model):
-        rows += [("trained", dict(method="replacement", frame_conditioning=True)),
-                 (f"trained + recon w_r={weight:g}", dict(method="reconstruction", weight=weight,
-                                                          frame_conditioning=True))]
+        rows.append(("trained", dict(method="replacement", frame_conditioning=True)))
     if only:
         wanted = [w.strip() for w in only.split(",")]
         rows = [row for row in rows if row[0].split(" w_r=")[0] in wanted]  # names without their weight
@@ -150,6 +150,12 @@ def extension_table(args, cfg, model, oracle, labels) -> list[dict]:
     print(f"\nextension: {args.num} videos of {args.extend} frames from nothing ({d.frames}-frame windows, half "
           "overlapping); identity and motion over all frames")
     run = _sampling(args, cfg)
+    if args.extend_classes:  # a user who extends names a class: classes 0-9 in turn, with the run's class guidance
+        if model.null_class is None:
+            raise SystemExit("--extend-classes needs a class-conditional run")
+        labels = torch.arange(args.num) % model.null_class
+        run = with_sample(run, guidance=cfg.sample.guidance)
+        print(f"classes 0-{model.null_class - 1} in turn, class guidance w = {cfg.sample.guidance:g}")
     rows = []
     for name, keywords in methods(model, args.weight, args.methods):
         start = time.time()
@@ -177,9 +183,11 @@ def main() -> None:
     parser.add_argument("--sampler", help="another sampler than the run's (e.g. ddim)")
     parser.add_argument("--langevin-steps", type=int, help="corrector steps after each step (default: the run's)")
     parser.add_argument("--frame-guidance", type=float, help="guidance over the known frames (trained conditioning)")
-    parser.add_argument("--methods", default="", help="only these model methods (e.g. trained,trained + recon)")
+    parser.add_argument("--methods", default="", help="only these model methods (e.g. trained,replacement)")
     parser.add_argument("--skip-prediction", action="store_true", help="leave out part 1 (its baselines too)")
     parser.add_argument("--extend", type=int, default=0, help="length of part 1c, extension from nothing (0: skip)")
+    parser.add_argument("--extend-classes", action="store_true",
+                        help="part 1c with classes 0-9 in turn and the run's class guidance (default: the null class)")
     parser.add_argument("--guidance", default="", help="classifier-free guidance weights (part 2), e.g. 0,1,2,4")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto", help="sampling autocast: auto (bf16 on AVX-512 CPUs) or fp32")

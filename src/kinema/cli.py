@@ -316,9 +316,13 @@ def _task_options(fn=None, *, known_frames: bool = True):
     options = [
         click.option("--method", type=click.Choice(METHODS),
                      help="How known frames condition each block (spec A8). Default: reconstruction, or for a "
-                          "model trained with frame conditioning replacement on top of it (docs/conditional.md)."),
+                          "model trained with frame conditioning replacement on top of it (reconstruction is "
+                          "refused there; docs/conditional.md)."),
         click.option("--weight", "recon_weight", type=float, default=DEFAULT_WEIGHT, show_default=True,
                      help="Reconstruction guidance weight w_r."),
+        click.option("--frame-conditioning/--no-frame-conditioning", "frame_conditioning", default=None,
+                     help="Give the known frames to a model trained with frame conditioning (default: when it "
+                          "was); --no-frame-conditioning samples it as an unconditional model."),
     ] if known_frames else []
     options += [
         click.option("--overlap", type=int, help="Known frames that condition each block (default: half a clip)."),
@@ -334,12 +338,12 @@ def _task_options(fn=None, *, known_frames: bool = True):
     return fn
 
 
-def _task_kwargs(num, overlap, label, prompt, method=None, recon_weight=None) -> dict:
+def _task_kwargs(num, overlap, label, prompt, method=None, recon_weight=None, frame_conditioning=None) -> dict:
     import torch
 
     kwargs = dict(overlap=overlap, progress=True)
     if recon_weight is not None:  # a command with --method/--weight; method None: fill_frames's default
-        kwargs.update(method=method, weight=recon_weight)
+        kwargs.update(method=method, weight=recon_weight, frame_conditioning=frame_conditioning)
     if label is not None:
         kwargs["labels"] = torch.full((num,), label)
     if prompt is not None:
@@ -366,8 +370,8 @@ def _write(videos, cfg, outs, fps, default: str) -> None:
 @_task_options
 @_sampling_options
 @_user_errors
-def predict(checkpoint, context, num_frames, fit, method, recon_weight, overlap, label, prompt, weights, outs, fps,
-            sampling) -> None:
+def predict(checkpoint, context, num_frames, fit, method, recon_weight, frame_conditioning, overlap, label, prompt,
+            weights, outs, fps, sampling) -> None:
     """Continue a clip by K frames (video prediction), conditioning on its last frames.
 
     \b
@@ -382,7 +386,7 @@ def predict(checkpoint, context, num_frames, fit, method, recon_weight, overlap,
     used = min(clips.shape[2], window // 2 if overlap is None else overlap)
     click.echo(f"continuing {clips.shape[0]} clip(s) of {clips.shape[2]} frames; each block is conditioned on the "
                f"{used} frames before it")
-    kwargs = _task_kwargs(clips.shape[0], overlap, label, prompt, method, recon_weight)
+    kwargs = _task_kwargs(clips.shape[0], overlap, label, prompt, method, recon_weight, frame_conditioning)
     _write(run_predict(model, cfg, clips, num_frames, **kwargs), cfg, outs, fps, "predicted.gif")
 
 
@@ -395,8 +399,8 @@ def predict(checkpoint, context, num_frames, fit, method, recon_weight, overlap,
 @_task_options
 @_sampling_options
 @_user_errors
-def extend(checkpoint, length, num, frameskip, method, recon_weight, overlap, label, prompt, weights, outs, fps,
-           sampling) -> None:
+def extend(checkpoint, length, num, frameskip, method, recon_weight, frame_conditioning, overlap, label, prompt,
+           weights, outs, fps, sampling) -> None:
     """Generate videos longer than the training clips, block by block (VDM's long-video extension).
 
     \b
@@ -405,7 +409,7 @@ def extend(checkpoint, length, num, frameskip, method, recon_weight, overlap, la
     from .sample import extend as run_extend
 
     cfg, model = _load_for_sampling(checkpoint, weights, sampling)
-    kwargs = _task_kwargs(num, overlap, label, prompt, method, recon_weight)
+    kwargs = _task_kwargs(num, overlap, label, prompt, method, recon_weight, frame_conditioning)
     _write(run_extend(model, cfg, length, num, frameskip=frameskip, **kwargs), cfg, outs, fps, "extended.gif")
 
 
@@ -417,8 +421,8 @@ def extend(checkpoint, length, num, frameskip, method, recon_weight, overlap, la
 @_task_options
 @_sampling_options
 @_user_errors
-def interpolate(checkpoint, video, factor, fit, method, recon_weight, overlap, label, prompt, weights, outs, fps,
-                sampling) -> None:
+def interpolate(checkpoint, video, factor, fit, method, recon_weight, frame_conditioning, overlap, label, prompt,
+                weights, outs, fps, sampling) -> None:
     """Fill in frames between the given ones (temporal super-resolution).
 
     \b
@@ -429,7 +433,8 @@ def interpolate(checkpoint, video, factor, fit, method, recon_weight, overlap, l
 
     cfg, model = _load_for_sampling(checkpoint, weights, sampling)
     clips = read_clips(video, cfg.data.channels, (cfg.data.height, cfg.data.width), fit)
-    kwargs = _task_kwargs(clips.shape[0], 1 if overlap is None else overlap, label, prompt, method, recon_weight)
+    kwargs = _task_kwargs(clips.shape[0], 1 if overlap is None else overlap, label, prompt, method, recon_weight,
+                          frame_conditioning)
     _write(run_interpolate(model, cfg, clips, factor, **kwargs), cfg, outs, fps, "interpolated.gif")
 
 

@@ -61,8 +61,17 @@ def test_every_conditional_command_runs_with_a_frame_conditioned_model(framecond
     assert extend(model, cfg, 6, 2).shape == (2, 1, 6, 16, 16)
     video = interpolate(model, cfg, context, 2)
     assert video.shape == (2, 1, 3, 16, 16) and torch.allclose(video[:, :, ::2], context)
-    both = predict(model, cfg, context, 3, method="reconstruction", weight=1.0)  # trained + reconstruction
-    assert not torch.allclose(both, out)
+    alone = predict(model, cfg, context, 3, method="reconstruction", weight=1.0, frame_conditioning=False)
+    assert alone.shape == out.shape and not torch.allclose(alone, out)
+
+
+def test_reconstruction_guidance_on_top_of_trained_conditioning_is_refused(framecond_run):
+    # the loss counts only unknown frames, so x̂ of a known frame is untrained: guiding toward it is refused
+    cfg, model = load_model(framecond_run)
+    context = torch.rand(1, 1, 2, 16, 16) * 2 - 1
+    with pytest.raises(ValueError, match="not trained to give"):
+        predict(model, _fast(cfg), context, 3, method="reconstruction", weight=1.0)
+    assert predict(model, _fast(cfg), context, 3, method="reconstruction", weight=0.0).shape == (1, 1, 5, 16, 16)
 
 
 def test_the_cli_commands_run_with_a_frame_conditioned_model(framecond_run, tmp_path):
@@ -74,6 +83,12 @@ def test_the_cli_commands_run_with_a_frame_conditioned_model(framecond_run, tmp_
         result = CliRunner().invoke(main, [str(a) for a in [args[0], framecond_run, *args[1:], "--steps", 1,
                                                            "--out", out]])
         assert result.exit_code == 0 and out.is_file(), result.output
+    predict_args = ["predict", str(framecond_run), "--context", str(tmp_path / "ctx.npz"), "--frames", "2", "--steps",
+                    "1", "--method", "reconstruction", "--out", str(tmp_path / "p.npz")]
+    refused = CliRunner().invoke(main, predict_args)
+    assert refused.exit_code == 1 and "--no-frame-conditioning" in refused.output
+    assert "not trained to give" in refused.output and "Traceback" not in refused.output
+    assert CliRunner().invoke(main, [*predict_args, "--no-frame-conditioning"]).exit_code == 0
 
 
 def test_the_trained_frames_change_the_prediction_and_false_turns_them_off(framecond_run):

@@ -138,8 +138,9 @@ def fill_frames(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence
 
     A frame-conditioned model also receives each window's known frames as input (`uses_frame_conditioning`;
     `frame_conditioning=False` turns that off). `method` then defaults to "replacement", which on top of the trained
-    conditioning only keeps z^a on the forward process as in training; "reconstruction" adds its guidance. For
-    other models it defaults to "reconstruction".
+    conditioning only keeps z^a on the forward process as in training; "reconstruction" is refused for it (the
+    network's x̂ of a known frame is untrained, its loss counting only unknown frames). For other models it defaults
+    to "reconstruction".
     """
     check_denoiser(cfg)
     keywords = dict(method=method, weight=weight, overlap=overlap, low_res=low_res, sr_weight=sr_weight, labels=labels,
@@ -158,6 +159,13 @@ def _fill(model: nn.Module, cfg: RunConfig, video: Tensor, known: Sequence[bool]
     trained = uses_frame_conditioning(model, frame_conditioning)
     method = method or ("replacement" if trained else "reconstruction")
     _check_method(method, weight)
+    if trained and method == "reconstruction" and weight > 0:
+        # its loss counts only the unknown frames, so the network's x̂ of a known frame is untrained: guidance
+        # toward it pulled the digit apart (benchmarks/RESULTS.md, "Trained frame conditioning")
+        raise ValueError("reconstruction guidance needs the network's prediction of the known frames, which a "
+                         "frame-conditioned model is not trained to give: use method 'replacement' (its trained "
+                         "conditioning), or turn that off for reconstruction guidance alone (frame_conditioning=False, "
+                         "--no-frame-conditioning)")
     B, _, T = video.shape[:3]
     known = torch.as_tensor(known, dtype=torch.bool).clone()
     if known.shape != (T,):
