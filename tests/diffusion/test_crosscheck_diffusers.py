@@ -83,13 +83,16 @@ def test_schedule_alphas_match_diffusers():
     torch.testing.assert_close(ours.float(), ref.alphas_cumprod, atol=1e-6, rtol=1e-5)
 
 
-def test_dpmpp_2m_trajectory_matches_diffusers_dpm_solver_multistep():
+@pytest.mark.parametrize("algorithm", ["dpmsolver++", "sde-dpmsolver++"])
+def test_dpmpp_2m_trajectories_match_diffusers_dpm_solver_multistep(algorithm):
     """A whole 10-step trajectory from the same noise, with the same deterministic denoiser (given to diffusers as
-    the v it implies), on the discrete linear-β schedule: diffusers' first-order first and final steps included."""
-    from kinema.diffusion.samplers import sample_dpmpp_2m
+    the v it implies), on the discrete linear-β schedule: diffusers' first-order first and final steps included.
+    The SDE solver ("sde-dpmsolver++", midpoint) gets the same noise at every step: diffusers as variance_noise,
+    kinema from its noise sampler."""
+    from kinema.diffusion.samplers import sample_dpmpp_2m, sample_dpmpp_2m_sde
 
     ref = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule="linear",
-                                                prediction_type="v_prediction", algorithm_type="dpmsolver++",
+                                                prediction_type="v_prediction", algorithm_type=algorithm,
                                                 solver_order=2)
     ref.set_timesteps(10)
     schedule = DDPMLinearSchedule(1e-4, 0.02, T)
@@ -97,13 +100,20 @@ def test_dpmpp_2m_trajectory_matches_diffusers_dpm_solver_multistep():
     def x_hat(z, t):
         return 0.8 * torch.tanh(z) + 0.1 * t.view(-1, *[1] * (z.ndim - 1)).to(z.dtype)
 
-    z0 = torch.randn(2, 3, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(2, 3, 2, 4, 4, generator=g, dtype=torch.float64)
+    noises = [torch.randn(z0.shape, generator=g, dtype=torch.float64) for _ in ref.timesteps]
+    sde = algorithm.startswith("sde")
     z = z0.clone()
-    for timestep in ref.timesteps:
+    for timestep, noise in zip(ref.timesteps, noises):
         t = schedule.timestep_to_t(timestep).expand(z.shape[0])
         alpha, sigma = (broadcast_like(c, z) for c in schedule.alpha_sigma(t))
         v = (alpha * z - x_hat(z, t)) / sigma  # x = α z − σ v
-        z = ref.step(v, timestep, z).prev_sample
+        z = ref.step(v, timestep, z, variance_noise=noise if sde else None).prev_sample
     times = torch.cat([schedule.timestep_to_t(ref.timesteps), torch.zeros(1, dtype=torch.float64)])
-    ours = sample_dpmpp_2m(x_hat, z0, schedule, times=times)
+    if sde:
+        drawn = iter(noises)
+        ours = sample_dpmpp_2m_sde(x_hat, z0, schedule, times=times, noise_sampler=lambda like, gen: next(drawn))
+    else:
+        ours = sample_dpmpp_2m(x_hat, z0, schedule, times=times)
     torch.testing.assert_close(ours, z, atol=1e-5, rtol=1e-5)

@@ -124,6 +124,18 @@ def test_ddim_eta_one_equals_ancestral_gamma_zero():
     assert (a - c).abs().max() > 1e-3  # eta is not ignored
 
 
+def test_dpmpp_2m_sde_first_order_step_is_the_ancestral_step():
+    from kinema.diffusion.samplers import ancestral_step, dpmpp_2m_sde_step
+
+    x, noise = _pair(torch.float64)
+    z, eps = noise, torch.randn(noise.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    first = dpmpp_2m_sde_step(z, x, 0.7, 0.5, SCHEDULE, None, eps)
+    torch.testing.assert_close(first, ancestral_step(z, x, 0.7, 0.5, SCHEDULE, 0.0, eps), atol=1e-12, rtol=0)
+    second = dpmpp_2m_sde_step(z, x, 0.7, 0.5, SCHEDULE, (0.5 * x, 0.3), eps)
+    assert (second - first).abs().max() > 1e-3  # the history enters
+    torch.testing.assert_close(dpmpp_2m_sde_step(z, x, 0.7, 0.0, SCHEDULE, (0.5 * x, 0.3), eps), x)
+
+
 def test_langevin_step_is_the_langevin_update_with_the_model_score():
     x, z = _pair(torch.float64)
     noise = torch.randn_like(z)

@@ -1,5 +1,6 @@
 """Sampling a network with the run's settings: the sampler table, and what the solver receives."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,24 +44,26 @@ def test_the_record_names_exactly_what_the_solver_receives():
     assert samplers.SAMPLERS["ddim"].noise_level == "eta" and samplers.SAMPLERS["ancestral"].noise_level == "gamma"
 
 
-def test_every_sampling_command_accepts_dpm_solver_by_name(micro_run, tmp_path):
-    """DPM-Solver++(2M) landed as its function and one SAMPLERS entry: every command takes it by name."""
+@pytest.mark.parametrize("sampler", ["dpmpp-2m", "dpmpp-2m-sde"])
+def test_every_sampling_command_accepts_dpm_solver_by_name(micro_run, tmp_path, sampler):
+    """DPM-Solver++(2M) and its SDE form landed as functions and SAMPLERS entries: every command takes them by name."""
     from click.testing import CliRunner
 
     from kinema.cli import main
 
     runner = CliRunner()
-    clip = tmp_path / "clip.npz"
-    result = runner.invoke(main, ["sample", str(micro_run), "--num", "2", "--sampler", "dpmpp-2m", "--steps", "3",
+    clip, low = tmp_path / "clip.npz", tmp_path / "low.npz"
+    np.savez(low, videos=np.zeros((1, 4, 8, 8, 1), np.uint8))  # a quarter of the micro model's pixels
+    result = runner.invoke(main, ["sample", str(micro_run), "--num", "2", "--sampler", sampler, "--steps", "3",
                                   "--out", str(clip)])
     assert result.exit_code == 0, result.output
     for command in (["predict", "--context", str(clip), "--frames", "2"], ["extend", "--length", "6", "--num", "1"],
-                    ["interpolate", "--video", str(clip), "--factor", "2"]):
-        result = runner.invoke(main, [command[0], str(micro_run), *command[1:], "--sampler", "dpmpp-2m", "--steps", "3",
+                    ["interpolate", "--video", str(clip), "--factor", "2"], ["upsample", "--video", str(low)]):
+        result = runner.invoke(main, [command[0], str(micro_run), *command[1:], "--sampler", sampler, "--steps", "3",
                                       "--out", str(tmp_path / f"{command[0]}.npz")])
         assert result.exit_code == 0, (command, result.output)
-    result = runner.invoke(main, ["eval", str(micro_run), "--num", "2", "--sampler", "dpmpp-2m", "--steps", "2",
+    result = runner.invoke(main, ["eval", str(micro_run), "--num", "2", "--sampler", sampler, "--steps", "2",
                                   "--quiet", "--out", str(tmp_path / "ev")])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["sample", str(micro_run), "--num", "1", "--sampler", "dpmpp-2m", "--gamma", "0.5"])
-    assert result.exit_code == 1 and "does not apply to the dpmpp-2m sampler" in result.output
+    result = runner.invoke(main, ["sample", str(micro_run), "--num", "1", "--sampler", sampler, "--gamma", "0.5"])
+    assert result.exit_code == 1 and f"does not apply to the {sampler} sampler" in result.output

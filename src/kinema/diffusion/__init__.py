@@ -22,11 +22,13 @@ from .samplers import (
     SamplerEntry,
     ancestral_step,
     ddim_step,
+    dpmpp_2m_sde_step,
     dpmpp_2m_step,
     langevin_step,
     sample_ancestral,
     sample_ddim,
     sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
     time_grid,
 )
 from .schedules import (
@@ -43,7 +45,7 @@ __all__ = [
     "area_downsample", "Thresholded", "dynamic_threshold", "static_threshold",
     "diffusion_loss", "sample_times", "distillation_loss", "distillation_target",
     "FrameNoise", "Denoiser", "loss_weight", "noise_level", "x_from_output",
-    "SAMPLERS", "SamplerEntry", "ancestral_step", "ddim_step", "dpmpp_2m_step", "langevin_step", "sample_ancestral",
-    "sample_ddim", "sample_dpmpp_2m", "time_grid",
+    "SAMPLERS", "SamplerEntry", "ancestral_step", "ddim_step", "dpmpp_2m_step", "dpmpp_2m_sde_step", "langevin_step",
+    "sample_ancestral", "sample_ddim", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "time_grid",
     "CosineSchedule", "DDPMLinearSchedule", "InterpolatedCosineSchedule", "Schedule", "ShiftedCosineSchedule",
 ]

@@ -34,6 +34,8 @@ __all__ = [
     "sample_ancestral",
     "dpmpp_2m_step",
     "sample_dpmpp_2m",
+    "dpmpp_2m_sde_step",
+    "sample_dpmpp_2m_sde",
     "GRIDS",
     "SAMPLERS",
     "SamplerEntry",
@@ -153,15 +155,40 @@ def dpmpp_2m_step(z: Tensor, x_hat: Tensor, t: float, s: float, schedule: Schedu
     """
     if s <= 0.0:
         return x_hat
-    a_t, s_t, l_t = _coefficients(schedule, torch.tensor(t, dtype=torch.float64))
-    a_s, s_s, l_s = _coefficients(schedule, torch.tensor(s, dtype=torch.float64))
-    h = 0.5 * (l_s - l_t)
-    d = x_hat
-    if previous is not None:
-        x_prev, h_prev = previous
-        r = h_prev / h
-        d = (1.0 + 0.5 / r) * x_hat - (0.5 / r) * x_prev
+    (_, s_t, _), (a_s, s_s, _), h, d = _dpmpp_terms(x_hat, t, s, schedule, previous)
     return (s_s / s_t) * z - (a_s * math.expm1(-h)) * d
+
+
+def _dpmpp_terms(x_hat: Tensor, t: float, s: float, schedule: Schedule, previous: Optional[tuple[Tensor, float]]):
+    """((α_t, σ_t, λ_t), (α_s, σ_s, λ_s), h = ℓ_s − ℓ_t, D): the data term D = x̂, or with the previous step's
+    (x̂_prev, h_prev) the multistep D = x̂ + (x̂ − x̂_prev)/(2r), r = h_prev/h (both DPM-Solver++(2M) forms)."""
+    at_t = _coefficients(schedule, torch.tensor(t, dtype=torch.float64))
+    at_s = _coefficients(schedule, torch.tensor(s, dtype=torch.float64))
+    h = 0.5 * (at_s[2] - at_t[2])
+    if previous is None:
+        return at_t, at_s, h, x_hat
+    x_prev, h_prev = previous
+    return at_t, at_s, h, x_hat + (0.5 * h / h_prev) * (x_hat - x_prev)
+
+
+def dpmpp_2m_sde_step(z: Tensor, x_hat: Tensor, t: float, s: float, schedule: Schedule,
+                      previous: Optional[tuple[Tensor, float]] = None, noise: Optional[Tensor] = None) -> Tensor:
+    """One SDE-DPM-Solver++(2M) step from t to s < t (Lu et al. 2022, "DPM-Solver++", its SDE solver; diffusers'
+    `sde-dpmsolver++` with the midpoint rule, k-diffusion's `sample_dpmpp_2m_sde` at η = 1), in ℓ = log(α/σ):
+
+        z_s = (σ_s/σ_t) e^{−h} z_t + α_s (1 − e^{−2h}) D + σ_s √(1 − e^{−2h}) ε,   h = ℓ_s − ℓ_t,
+
+    with D = x̂ on a first-order step and D = x̂ + (x̂ − x̂_prev)/(2r), r = h_prev/h, given `previous`: the
+    first-order step is exactly `ancestral_step` at γ = 0 (the same mean and noise), so this is ancestral sampling
+    with DPM-Solver++'s second-order correction of its mean. The step into s = 0 returns x̂.
+    """
+    if s <= 0.0:
+        return x_hat
+    if noise is None:
+        raise ValueError("dpmpp_2m_sde_step needs noise")
+    (_, s_t, _), (a_s, s_s, _), h, d = _dpmpp_terms(x_hat, t, s, schedule, previous)
+    kept = -math.expm1(-2.0 * h)  # 1 − e^{−2h}, exact for small h
+    return (s_s / s_t * math.exp(-h)) * z + (a_s * kept) * d + (s_s * math.sqrt(kept)) * noise
 
 
 def half_logsnr_step(t: float, s: float, schedule: Schedule) -> float:
@@ -291,10 +318,36 @@ def sample_dpmpp_2m(denoise: Denoise, noise: Tensor, schedule: Schedule, steps: 
                    or randn_like)
 
 
+@torch.no_grad()
+def sample_dpmpp_2m_sde(denoise: Denoise, noise: Tensor, schedule: Schedule, steps: Optional[int] = 20, *,
+                        grid: str = "uniform", times: Optional[Tensor] = None,
+                        generator: Optional[torch.Generator] = None, callback: Optional[Callback] = None,
+                        progress: bool = False, langevin_steps: int = 0, langevin_delta: float = 0.1,
+                        noise_sampler: Optional[NoiseSampler] = None) -> Tensor:
+    """SDE-DPM-Solver++(2M) (`dpmpp_2m_sde_step`): stochastic, one network call and one noise draw per step.
+
+    History as in `sample_dpmpp_2m` (the previous solver step's x̂, the first step and the step into t = 0 first
+    order); the noise comes from `noise_sampler(z, generator)`, the run's noise distribution.
+    """
+    history: list = []
+    draw = noise_sampler or randn_like
+
+    def step(z, x_hat, t, s, gen):
+        fresh = draw(z, gen) if s > 0 else None
+        z_next = dpmpp_2m_sde_step(z, x_hat, t, s, schedule, history[-1] if history else None, fresh)
+        history[:] = [(x_hat, half_logsnr_step(t, s, schedule))] if s > 0 else []
+        return z_next
+
+    return _sample(step, denoise, noise, schedule, _resolve_times(steps, times, grid, schedule),
+                   generator=generator, callback=callback, progress=progress, langevin_steps=langevin_steps,
+                   langevin_delta=langevin_delta, description="SDE-DPM-Solver++(2M)", noise_sampler=draw)
+
+
 class SamplerEntry(NamedTuple):
     """A `SAMPLERS` row: the solver, and the keyword (a `SampleConfig` field of the same name) that sets its noise
-    level, or None for a deterministic solver. Every solver takes (denoise, noise, schedule, steps) and the
-    keywords generator, progress, noise_sampler, langevin_steps and langevin_delta."""
+    level, or None for a solver without one (the deterministic ones, and dpmpp-2m-sde at its one noise level).
+    Every solver takes (denoise, noise, schedule, steps) and the keywords generator, progress, noise_sampler,
+    langevin_steps and langevin_delta."""
 
     solve: Callable[..., Tensor]
     noise_level: Optional[str]
@@ -305,4 +358,5 @@ SAMPLERS = {
     "ddim": SamplerEntry(sample_ddim, "eta"),
     "ancestral": SamplerEntry(sample_ancestral, "gamma"),
     "dpmpp-2m": SamplerEntry(sample_dpmpp_2m, None),
+    "dpmpp-2m-sde": SamplerEntry(sample_dpmpp_2m_sde, None),
 }
