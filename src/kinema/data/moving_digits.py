@@ -61,6 +61,8 @@ class MovingDigits(Dataset):
         if data.height != data.width:
             raise ValueError(f"moving-digits needs square frames; got data.height={data.height}, "
                              f"data.width={data.width}")
+        if data.channels != cls.channels:
+            raise ValueError(f"data.channels is {data.channels}, but moving-digits clips have {cls.channels} (grey)")
         return cls(split, data.frames, data.height, data.num_digits, data.digit_size, (data.speed_min, data.speed_max),
                    seed=data.seed)
 
