@@ -14,13 +14,13 @@ minutes`, `data.balance=files`), then:
   extrapolation (2·x_k − x_{k−1}, clipped), replacement and reconstruction guidance (DDIM, `--steps`), and with
   `--frame-conditioning` (the model then trains with model.frame_conditioning and `--patterns`) the trained
   conditioning too, the guidance methods then run with it turned off.
-`--max-windows` caps the held-out windows scored (spread over the files) and `--sample-steps` sets the DDIM steps of
-the FVD samples (default: the preset's), for machines where scoring would outlast the training.
+`--max-windows` caps the held-out windows scored (spread over the files), `--sample-steps` sets the DDIM steps of
+the FVD samples (default: the preset's) and `--methods` the model's prediction methods (reconstruction guidance
+costs about three network passes a step), for machines where scoring would outlast the training.
 Results go to OUT/results.json (configs already there are skipped, so an interrupted run continues) and a strip of
 samples above real windows to docs/real_video_strip.png. Prints a markdown table.
 
-Status (2026-12-02): run once, for the 32x8 config at 3 minutes (benchmarks/RESULTS.md, "Real footage"); scoring
-99 windows took about 10 minutes on 2 cores (prediction now in chunks of 8).
+Runs: benchmarks/RESULTS.md, "Real footage" (each with its command, machine and commit).
 """
 
 from __future__ import annotations
@@ -112,7 +112,10 @@ def fvd(samples: torch.Tensor, real: torch.Tensor, floor_set: torch.Tensor) -> t
     return frechet_distance_from_features(real_f, fake_f), frechet_distance_from_features(real_f, floor_f)
 
 
-def prediction(model, cfg, real: torch.Tensor, steps: int, chunk: int = 8) -> dict:
+MODEL_METHODS = ("replacement", "reconstruction guidance", "trained conditioning")
+
+
+def prediction(model, cfg, real: torch.Tensor, steps: int, wanted=MODEL_METHODS, chunk: int = 8) -> dict:
     from kinema.config import with_sample
     from kinema.eval.frames import psnr, ssim
     from kinema.sample import predict, uses_frame_conditioning
@@ -125,7 +128,7 @@ def prediction(model, cfg, real: torch.Tensor, steps: int, chunk: int = 8) -> di
     methods = [("replacement", "replacement", False), ("reconstruction", "reconstruction guidance", False)]
     if uses_frame_conditioning(model):
         methods.append((None, "trained conditioning", True))
-    for method, name, trained in methods:
+    for method, name, trained in [m for m in methods if m[1] in wanted]:
         # in chunks: fill_frames samples its whole batch at once, and reconstruction guidance keeps the
         # network's activations for its backward pass (N ≈ 50 clips of 16×64×64 RGB at once needed 6.5 GB)
         guesses[name] = torch.cat([
@@ -138,7 +141,7 @@ def prediction(model, cfg, real: torch.Tensor, steps: int, chunk: int = 8) -> di
 
 
 def score(run: Path, train_cache: Path, test_cache: Path, size: int, frames: int, steps: int,
-          max_windows: int | None, sample_steps: int | None) -> dict:
+          max_windows: int | None, sample_steps: int | None, wanted=MODEL_METHODS) -> dict:
     from kinema.build import load_model
     from kinema.config import with_sample
     from kinema.sample import generate
@@ -151,7 +154,7 @@ def score(run: Path, train_cache: Path, test_cache: Path, size: int, frames: int
     seconds["sampling"] = time.time() - start
     fvd_samples, floor = fvd(samples, real, windows(train_cache, size, frames, len(real)))
     seconds["fvd"] = time.time() - start - seconds["sampling"]
-    predicted = prediction(model, cfg, real, steps)
+    predicted = prediction(model, cfg, real, steps, wanted)
     seconds["prediction"] = time.time() - start - seconds["sampling"] - seconds["fvd"]
     print(f"{size}x{frames}: scored {len(real)} windows in " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
           file=sys.stderr, flush=True)
@@ -197,6 +200,9 @@ def main() -> None:
                              "unconditional samples for FVD need the first, prediction the second")
     parser.add_argument("--max-windows", type=int, default=None, help="held-out windows scored (default: all)")
     parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps of the FVD samples")
+    parser.add_argument("--methods", default=",".join(MODEL_METHODS),
+                        help="the model's prediction methods to score, comma-separated (reconstruction guidance "
+                             "costs about 3 network passes a step)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "results.json"
@@ -208,7 +214,11 @@ def main() -> None:
         train_cache, test_cache = caches(args.out, size, frames)
         run = train(args.out, train_cache, size, frames, args.minutes,
                     args.patterns if args.frame_conditioning else None)
-        result = score(run, train_cache, test_cache, size, frames, args.steps, args.max_windows, args.sample_steps)
+        wanted = [m.strip() for m in args.methods.split(",")]
+        if unknown := set(wanted) - set(MODEL_METHODS):
+            raise SystemExit(f"--methods: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MODEL_METHODS)}")
+        result = score(run, train_cache, test_cache, size, frames, args.steps, args.max_windows, args.sample_steps,
+                       wanted)
         if key == args.configs.split(",")[0]:
             write_strip(result, args.strip)
         results[key] = {k: v for k, v in result.items() if k not in ("samples", "real")} | {
