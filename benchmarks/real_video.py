@@ -204,6 +204,9 @@ def main() -> None:
                         help="the model's prediction methods to score, comma-separated (reconstruction guidance "
                              "costs about 3 network passes a step)")
     args = parser.parse_args()
+    wanted = [m.strip() for m in args.methods.split(",")]  # checked before any training
+    if unknown := set(wanted) - set(MODEL_METHODS):
+        raise SystemExit(f"--methods: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MODEL_METHODS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "results.json"
     results = json.loads(saved.read_text()) if saved.is_file() else {}
@@ -214,9 +217,6 @@ def main() -> None:
         train_cache, test_cache = caches(args.out, size, frames)
         run = train(args.out, train_cache, size, frames, args.minutes,
                     args.patterns if args.frame_conditioning else None)
-        wanted = [m.strip() for m in args.methods.split(",")]
-        if unknown := set(wanted) - set(MODEL_METHODS):
-            raise SystemExit(f"--methods: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MODEL_METHODS)}")
         result = score(run, train_cache, test_cache, size, frames, args.steps, args.max_windows, args.sample_steps,
                        wanted)
         if key == args.configs.split(",")[0]:

@@ -305,17 +305,24 @@ def sample_dpmpp_2m(denoise: Denoise, noise: Tensor, schedule: Schedule, steps: 
     guidance wrappers, being part of the denoiser, are part of every x̂ the history holds. `generator` and
     `noise_sampler` serve the corrector only.
     """
+    return _multistep(dpmpp_2m_step, denoise, noise, schedule, _resolve_times(steps, times, grid, schedule),
+                      generator=generator, callback=callback, progress=progress, langevin_steps=langevin_steps,
+                      langevin_delta=langevin_delta, description="DPM-Solver++(2M)", noise_sampler=noise_sampler)
+
+
+def _multistep(solver_step, denoise, noise, schedule, times, *, noise_sampler, stochastic=False, **keywords):
+    """`_sample` with a DPM-Solver++(2M) step: `solver_step(z, x̂, t, s, schedule, previous[, noise])`, the history
+    being the previous solver step's (x̂, h) and emptied at t = 0; a stochastic step gets a fresh draw for s > 0."""
     history: list = []  # [(x̂, h)] of the previous step
+    draw = noise_sampler or randn_like
 
     def step(z, x_hat, t, s, gen):
-        z_next = dpmpp_2m_step(z, x_hat, t, s, schedule, history[-1] if history else None)
+        fresh = (draw(z, gen) if s > 0 else None,) if stochastic else ()
+        z_next = solver_step(z, x_hat, t, s, schedule, history[-1] if history else None, *fresh)
         history[:] = [(x_hat, half_logsnr_step(t, s, schedule))] if s > 0 else []
         return z_next
 
-    return _sample(step, denoise, noise, schedule, _resolve_times(steps, times, grid, schedule),
-                   generator=generator, callback=callback, progress=progress, langevin_steps=langevin_steps,
-                   langevin_delta=langevin_delta, description="DPM-Solver++(2M)", noise_sampler=noise_sampler
-                   or randn_like)
+    return _sample(step, denoise, noise, schedule, times, noise_sampler=draw, **keywords)
 
 
 @torch.no_grad()
@@ -329,18 +336,10 @@ def sample_dpmpp_2m_sde(denoise: Denoise, noise: Tensor, schedule: Schedule, ste
     History as in `sample_dpmpp_2m` (the previous solver step's x̂, the first step and the step into t = 0 first
     order); the noise comes from `noise_sampler(z, generator)`, the run's noise distribution.
     """
-    history: list = []
-    draw = noise_sampler or randn_like
-
-    def step(z, x_hat, t, s, gen):
-        fresh = draw(z, gen) if s > 0 else None
-        z_next = dpmpp_2m_sde_step(z, x_hat, t, s, schedule, history[-1] if history else None, fresh)
-        history[:] = [(x_hat, half_logsnr_step(t, s, schedule))] if s > 0 else []
-        return z_next
-
-    return _sample(step, denoise, noise, schedule, _resolve_times(steps, times, grid, schedule),
-                   generator=generator, callback=callback, progress=progress, langevin_steps=langevin_steps,
-                   langevin_delta=langevin_delta, description="SDE-DPM-Solver++(2M)", noise_sampler=draw)
+    return _multistep(dpmpp_2m_sde_step, denoise, noise, schedule, _resolve_times(steps, times, grid, schedule),
+                      generator=generator, callback=callback, progress=progress, langevin_steps=langevin_steps,
+                      langevin_delta=langevin_delta, description="SDE-DPM-Solver++(2M)", noise_sampler=noise_sampler,
+                      stochastic=True)
 
 
 class SamplerEntry(NamedTuple):
